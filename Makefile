@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine:  `make lab`  and  `make test`.
+# The first use creates a virtual environment in .venv and installs the package into it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; an unpinned `torch` could pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+export MUJOCO_GL ?= egl
+
+.PHONY: install lab test test-fast bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+lab: install  ## JupyterLab opened on the course notebooks
+	$(BIN)/jupyter lab notebooks/
+
+test: install  ## the whole test suite, notebooks included
+	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
+
+test-fast: install  ## unit tests only (no notebooks, no slow training)
+	$(BIN)/python -m pytest -n 2 -m "not slow and not notebooks" tests
+
+bench: install  ## throughput benchmark (prints a table)
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
