@@ -12,7 +12,7 @@ def test_environment_yml_takes_its_packages_from_pyproject():
     pip_lines = re.findall(r"^\s+- (.+)$", text.split("- pip:")[1], flags=re.M)
     # pip installs the project itself with its dev extra and nothing else: one list of packages
     assert [l for l in pip_lines if not l.startswith("--")] == ["-e .[dev]"]
-    conda_deps = re.findall(r"^  - (\S+)$", text.split("- pip:")[0], flags=re.M)
+    conda_deps = re.findall(r"^  - (\S+)$", text.split("dependencies:")[1].split("- pip:")[0], flags=re.M)
     assert sorted(d.split("=")[0] for d in conda_deps) == ["pip", "python"]
 
 
