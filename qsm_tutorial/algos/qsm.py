@@ -58,6 +58,7 @@ class QSMConfig:
     exploration_noise: float = doc(0.1, "std of Gaussian noise added to actions while acting (paper: 0.1)")
     target_noise: float = doc(0.1, "std of Gaussian noise added to a' in the TD target (paper: 0.1)")
     temperature: float = doc(1.0, "scale of the noise added in each DDPM reverse step (paper: 1.0)")
+    denoise_weight: float = doc(0.0, "weight of the plain DDPM denoising target (the drawn noise z) added to the actor's target; 0 = paper")
     sampler: str = doc("ddpm", "how actions are drawn: ddpm (paper) or langevin (learned score as Langevin drift)")
     langevin_steps: int = doc(100, "Langevin steps per sample when sampler=langevin")
     langevin_step_size: float = doc(2e-3, "Langevin step size eta when sampler=langevin")
@@ -217,14 +218,16 @@ class QSMAgent:
         cfg = self.config
         B = batch.action.shape[0]
         t = torch.randint(0, self.schedule.T, (B,), device=self.device)
-        noised = add_noise(self.schedule, batch.action, t, torch.randn_like(batch.action))
-        target = q_score_target(self.critic, batch.obs, noised, cfg.alpha)
+        noise = torch.randn_like(batch.action)
+        noised = add_noise(self.schedule, batch.action, t, noise)
+        score_target = q_score_target(self.critic, batch.obs, noised, cfg.alpha)
+        target = score_target + cfg.denoise_weight * noise
         loss = actor_loss(self.actor(batch.obs, noised, t), target)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()
         self.actor_sched.step()
-        return {"actor_loss": loss.item(), "grad_q_norm": (target.norm(dim=-1).mean() / cfg.alpha).item()}
+        return {"actor_loss": loss.item(), "grad_q_norm": (score_target.norm(dim=-1).mean() / cfg.alpha).item()}
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
