@@ -61,7 +61,9 @@ def test_score_target_points_up_the_critic_gradient():
     a_req = a.clone().requires_grad_(True)
     (g2,) = torch.autograd.grad(critic(obs, a_req)[1].sum(), a_req)
     assert torch.allclose(g, (g1 + g2) / 2)
-    assert torch.allclose(q_score_target(critic, obs, a, alpha=3.0), -3.0 * g)
+    assert torch.allclose(q_score_target(g, alpha=3.0), -3.0 * g)
+    normalized = q_score_target(g, alpha=3.0, normalize=True)
+    assert torch.allclose(normalized.norm(dim=-1).mean(), torch.tensor(3.0), atol=1e-4)
 
 
 def test_bad_config_is_refused():

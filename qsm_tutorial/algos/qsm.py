@@ -58,6 +58,7 @@ class QSMConfig:
     exploration_noise: float = doc(0.1, "std of Gaussian noise added to actions while acting (paper: 0.1)")
     target_noise: float = doc(0.1, "std of Gaussian noise added to a' in the TD target (paper: 0.1)")
     temperature: float = doc(1.0, "scale of the noise added in each DDPM reverse step (paper: 1.0)")
+    normalize_q_grad: bool = doc(False, "divide grad_a Q by its batch-mean norm, so alpha no longer depends on the reward scale (paper: False)")
     denoise_weight: float = doc(0.0, "weight of the plain DDPM denoising target (the drawn noise z) added to the actor's target; 0 = paper")
     sampler: str = doc("ddpm", "how actions are drawn: ddpm (paper) or langevin (learned score as Langevin drift)")
     langevin_steps: int = doc(100, "Langevin steps per sample when sampler=langevin")
@@ -112,9 +113,15 @@ def q_action_gradient(critic: TwinCritic, obs: Tensor, actions: Tensor) -> Tenso
     return grad
 
 
-def q_score_target(critic: TwinCritic, obs: Tensor, noised_actions: Tensor, alpha: float) -> Tensor:
-    """The regression target for ε_θ at a noised action:  −α · ∇ₐQ(s, a_t)."""
-    return -alpha * q_action_gradient(critic, obs, noised_actions)
+def q_score_target(g: Tensor, alpha: float, normalize: bool = False) -> Tensor:
+    """The regression target for ε_θ at a noised action, from g = ∇ₐQ(s, a_t):  −α · g.
+
+    With ``normalize``, g is divided by its mean norm over the batch, −α · g / mean‖g‖: the
+    target's size no longer grows with the reward scale and the critic's values (a deviation).
+    """
+    if normalize:
+        g = g / (g.norm(dim=-1).mean() + 1e-6)
+    return -alpha * g
 
 
 def actor_loss(eps_pred: Tensor, target: Tensor) -> Tensor:
@@ -220,14 +227,15 @@ class QSMAgent:
         t = torch.randint(0, self.schedule.T, (B,), device=self.device)
         noise = torch.randn_like(batch.action)
         noised = add_noise(self.schedule, batch.action, t, noise)
-        score_target = q_score_target(self.critic, batch.obs, noised, cfg.alpha)
+        g = q_action_gradient(self.critic, batch.obs, noised)
+        score_target = q_score_target(g, cfg.alpha, cfg.normalize_q_grad)
         target = score_target + cfg.denoise_weight * noise
         loss = actor_loss(self.actor(batch.obs, noised, t), target)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()
         self.actor_sched.step()
-        return {"actor_loss": loss.item(), "grad_q_norm": (score_target.norm(dim=-1).mean() / cfg.alpha).item()}
+        return {"actor_loss": loss.item(), "grad_q_norm": g.norm(dim=-1).mean().item()}
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
