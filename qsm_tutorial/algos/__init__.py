@@ -1,8 +1,14 @@
 """The algorithms: QSM and the paper's baselines, one readable file each, the same shape."""
 
 from .qsm import QSMAgent, QSMConfig
+from .sac import SACAgent, SACConfig
+from .td3 import TD3Agent, TD3Config
 
-ALGOS = {"qsm": (QSMAgent, QSMConfig)}
+ALGOS = {
+    "qsm": (QSMAgent, QSMConfig),
+    "sac": (SACAgent, SACConfig),
+    "td3": (TD3Agent, TD3Config),
+}
 
 
 def get(algo: str):
@@ -12,4 +18,4 @@ def get(algo: str):
     return ALGOS[algo]
 
 
-__all__ = ["ALGOS", "get", "QSMAgent", "QSMConfig"]
+__all__ = ["ALGOS", "get", "QSMAgent", "QSMConfig", "SACAgent", "SACConfig", "TD3Agent", "TD3Config"]

@@ -1,0 +1,157 @@
+"""Learning curves of QSM, SAC and TD3, side by side: evaluation return over env steps, over seeds.
+
+    python benchmarks/learning.py --env InvertedPendulum-v5 --algos sac,td3 --seeds 0,1 --total-steps 30000
+
+Each (algo, seed) trains through the ``qsm-train`` CLI in its own process (one torch thread, at
+most ``--jobs`` at once) into ``<runs-root>/<env>/<algo>/seed<k>``; a run dir that already holds a
+checkpoint is resumed, so an interrupted benchmark picks up where it stopped, and a finished one
+is only re-read. Options this script does not know (``--warmup-steps 5000``) go to every run.
+
+Writes:
+- ``benchmarks/results/learning_<env>.csv``: one row per (algo, seed, evaluation step);
+- ``benchmarks/results/learning_<env>_summary.csv``: per run the final and best evaluation
+  return, the first step reaching ``--threshold``, and the median training throughput;
+- ``figures/learning_<env>.png``: mean over seeds with a min-max band, one colour per algorithm.
+
+Protocol (the CLI's): evaluation at step 0, every ``--eval-every`` steps and at the end, over
+``--eval-episodes`` episodes of a separate env instance, deterministic actions; the return is
+the undiscounted episode return, averaged over the episodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from qsm_tutorial.results import CHECKPOINT_FILE, RunResult, group_runs, load_run, seed_band  # noqa: E402
+
+
+def parse_args() -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--env", default="InvertedPendulum-v5")
+    p.add_argument("--algos", default="sac,td3", help="comma-separated: qsm, sac, td3")
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+    p.add_argument("--total-steps", type=int, default=30_000)
+    p.add_argument("--eval-every", type=int, default=1_000)
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--threshold", type=float, default=900.0, help="report the first eval step reaching this return")
+    p.add_argument("--jobs", type=int, default=2, help="runs at once (one torch thread each)")
+    p.add_argument("--runs-root", default=str(ROOT / "runs" / "benchmarks"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--figures", default=str(ROOT / "figures"))
+    return p.parse_known_args()
+
+
+def slug(env_id: str) -> str:
+    """An env id as a file-name part: dmc/cartpole-swingup -> dmc-cartpole-swingup."""
+    return env_id.replace("/", "-")
+
+
+def run_dir_of(args: argparse.Namespace, algo: str, seed: int) -> Path:
+    return Path(args.runs_root) / args.env / algo / f"seed{seed}"
+
+
+def command(args: argparse.Namespace, algo: str, seed: int, extra: list[str]) -> list[str]:
+    run_dir = run_dir_of(args, algo, seed)
+    cmd = [sys.executable, "-m", "qsm_tutorial", "--algo", algo, "--env", args.env, "--seed", str(seed),
+           "--total-steps", str(args.total_steps), "--run-dir", str(run_dir), "--eval-every", str(args.eval_every),
+           "--eval-episodes", str(args.eval_episodes), "--threads", "1", "--no-progress", *extra]  # fmt: skip
+    return cmd + ["--resume"] if (run_dir / CHECKPOINT_FILE).exists() else cmd
+
+
+def run_all(jobs: list[list[str]], parallel: int) -> None:
+    """Run the commands, at most ``parallel`` at once; stop at the first failure."""
+    pending, running = list(jobs), []
+    while pending or running:
+        while pending and len(running) < parallel:
+            cmd = pending.pop(0)
+            print("$", " ".join(cmd[2:]), flush=True)
+            running.append((cmd, subprocess.Popen(cmd, cwd=ROOT)))
+        time.sleep(1.0)
+        for cmd, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((cmd, proc))
+                if proc.returncode != 0:
+                    raise SystemExit(f"run failed (exit {proc.returncode}): {' '.join(cmd[2:])}")
+
+
+def first_step_reaching(run: RunResult, threshold: float) -> int | None:
+    steps, values = run.curve("eval_return")
+    hit = np.nonzero(values >= threshold)[0]
+    return int(steps[hit[0]]) if len(hit) else None
+
+
+def write_csvs(runs: list[RunResult], args: argparse.Namespace) -> tuple[Path, Path]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    curves, summary = out / f"learning_{slug(args.env)}.csv", out / f"learning_{slug(args.env)}_summary.csv"
+    with open(curves, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["env", "algo", "seed", "step", "eval_return", "eval_return_std", "eval_return_min", "eval_return_max"])
+        for r in runs:
+            e = r.events("eval")
+            for i in range(len(e["step"])):
+                w.writerow([r.env_id, r.algo, r.seed, int(e["step"][i]),
+                            *(f"{e[k][i]:.2f}" for k in ("eval_return", "eval_return_std", "eval_return_min", "eval_return_max"))])  # fmt: skip
+    with open(summary, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["env", "algo", "seed", "total_steps", "final_eval_return", "best_eval_return",
+                    f"first_step_at_{args.threshold:g}", "eval_episodes", "median_steps_per_s"])  # fmt: skip
+        for r in runs:
+            steps, values = r.curve("eval_return")
+            sps = r.timing.get("steps_per_s", np.array([np.nan]))
+            w.writerow([r.env_id, r.algo, r.seed, int(steps[-1]), f"{values[-1]:.2f}", f"{values.max():.2f}",
+                        first_step_reaching(r, args.threshold) or "", r.config["loop"]["eval_episodes"],
+                        f"{np.median(sps):.1f}"])  # fmt: skip
+    return curves, summary
+
+
+def plot(runs: list[RunResult], args: argparse.Namespace) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"qsm": "tab:purple", "sac": "tab:blue", "td3": "tab:orange"}
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=150)
+    for algo, group in group_runs(runs).items():
+        band = seed_band(group)
+        c = colours.get(algo)
+        ax.plot(band.steps, band.mean, color=c, lw=2, label=f"{algo.upper()} (mean of {band.n_runs} seeds)")
+        ax.fill_between(band.steps, band.low, band.high, color=c, alpha=0.2, lw=0)
+    ax.axhline(args.threshold, color="grey", ls=":", lw=1, label=f"return {args.threshold:g}")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel(f"evaluation return ({args.eval_episodes} episodes, deterministic)")
+    ax.set_title(f"{args.env}: mean over seeds, band = min..max")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(args.figures) / f"learning_{slug(args.env)}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def main() -> None:
+    args, extra = parse_args()
+    algos = args.algos.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    run_all([command(args, a, s, extra) for a in algos for s in seeds], args.jobs)
+    runs = [load_run(run_dir_of(args, a, s)) for a in algos for s in seeds]
+    curves, summary = write_csvs(runs, args)
+    figure = plot(runs, args)
+    print(f"wrote {curves}, {summary}, {figure}")
+    print(Path(summary).read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""The course notebooks run from top to bottom, and their checked outputs reproduce.
+
+For each numbered notebook in ``notebooks/`` (one test each, so xdist spreads them over its workers):
+
+1. papermill executes it in smoke mode (``smoke=True``, figures into a temp dir) into a temp copy,
+   with the ``python3`` kernel of *this* interpreter's environment; any error fails the test;
+2. nbval re-executes that copy with ``--nbval-lax``: the cells marked ``# NBVAL_CHECK_OUTPUT``
+   (schedule values, seeded shares, fixed package facts) must print exactly what they printed the first
+   time. Together: the notebook runs, and the same seed gives the same numbers. Cells whose output
+   legitimately varies (progress bars, timings, versions) are not marked, so nbval does not compare them.
+
+Fast static checks (no execution) make sure every notebook keeps the conventions of DESIGN.md: a
+``parameters`` cell with ``smoke = False``, and committed outputs without errors or paths of the
+machine that produced them.
+
+The committed notebooks carry the outputs of a full run at their defaults. To refresh them (and the
+``figures/nb*_*.png`` they write) after changing a notebook or the package:
+
+    python tests/test_notebooks.py --update                      # every notebook
+    python tests/test_notebooks.py --update 02_qsm_on_bandits    # one
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+KERNEL = "python3"
+CELL_TIMEOUT_S = 900
+
+
+def _kernel_env() -> dict[str, str]:
+    """The environment of the kernels we start: the interpreter's own ``bin`` first on PATH (so a
+    kernelspec that says ``python`` finds this environment's, even without an activated venv), and
+    one BLAS/OpenMP thread (the notebooks choose torch's threads themselves)."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", "1")
+    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # silences a debugger warning on kernel start
+    return env
+
+
+def execute(notebook: str | Path, output: str | Path, parameters: dict, cwd: str | Path) -> None:
+    """Run ``notebook`` with papermill into ``output`` (raises ``PapermillExecutionError`` on an error)."""
+    import papermill as pm
+
+    env = _kernel_env()
+    old = dict(os.environ)
+    os.environ.update(env)  # papermill starts the kernel with this process's environment
+    try:
+        pm.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            kernel_name=KERNEL,
+            cwd=str(cwd),
+            progress_bar=False,
+            execution_timeout=CELL_TIMEOUT_S,
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+def _code_cells(path: Path) -> list[dict]:
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def _source(cell: dict) -> str:
+    src = cell["source"]
+    return src if isinstance(src, str) else "".join(src)
+
+
+# ----------------------------------------------------------------------------------------------
+# Execution: papermill in smoke mode, then nbval on the executed copy
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.notebooks
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_and_checked_outputs_reproduce(name, tmp_path):
+    executed = tmp_path / name
+    figures = tmp_path / "figures"
+    execute(NOTEBOOK_DIR / name, executed, {"smoke": True, "figures_dir": str(figures)}, cwd=tmp_path)
+
+    checked = [c for c in _code_cells(executed) if "NBVAL_CHECK_OUTPUT" in _source(c)]
+    assert all(c.get("outputs") for c in checked), f"{name}: a checked cell printed nothing in smoke mode"
+
+    # nbval re-runs the executed copy (its injected parameters included) and compares the checked cells.
+    # A subprocess keeps nbval's kernel and its pytest session apart from this one (and from xdist).
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={CELL_TIMEOUT_S}",
+         "-p", "no:xdist", "-p", "no:cacheprovider", "-q", "--rootdir", str(tmp_path), str(executed)],
+        cwd=tmp_path, env=_kernel_env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, f"nbval failed on {name}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Static checks of the committed notebooks (fast, no kernel)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_has_a_papermill_parameters_cell_with_smoke_off(name):
+    cells = _code_cells(NOTEBOOK_DIR / name)
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{name}: exactly one code cell must be tagged 'parameters', found {len(tagged)}"
+    assert cells[0] is tagged[0], f"{name}: the parameters cell must be the first code cell"
+    assert re.search(r"^smoke = False\b", _source(tagged[0]), flags=re.M), f"{name}: the parameters cell must set smoke = False"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_outputs_have_no_errors_and_no_machine_paths(name):
+    home = str(Path.home())
+    for i, cell in enumerate(_code_cells(NOTEBOOK_DIR / name)):
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error", f"{name}, code cell {i}: committed error output {out.get('ename')}"
+            text = json.dumps({k: v for k, v in out.get("data", {}).items() if k.startswith("text")}) + "".join(out.get("text", ""))
+            for path in {str(ROOT), home} - {"/"}:
+                assert path not in text, f"{name}, code cell {i}: an output shows the path {path!r}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Refreshing the committed outputs
+# ----------------------------------------------------------------------------------------------
+def update(names: list[str]) -> None:
+    """Execute notebooks at their defaults, in place, from ``notebooks/`` (figures go to ``figures/``),
+    and drop papermill's per-run metadata (timestamps, durations) so re-runs diff cleanly."""
+    import time
+
+    import nbformat
+
+    for name in names:
+        path = NOTEBOOK_DIR / (name if name.endswith(".ipynb") else f"{name}.ipynb")
+        t0 = time.perf_counter()
+        cwd = os.getcwd()
+        os.chdir(NOTEBOOK_DIR)  # relative paths only, so none of this machine's paths reach the metadata
+        try:
+            execute(path.name, path.name, {}, cwd=".")
+        finally:
+            os.chdir(cwd)
+        nb = nbformat.read(path, as_version=4)
+        nb.metadata.pop("papermill", None)
+        for cell in nb.cells:
+            cell.metadata.pop("papermill", None)
+            cell.metadata.pop("execution", None)
+        nbformat.write(nb, path)
+        print(f"{path.name}: {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if not args or args[0] != "--update":
+        sys.exit(__doc__)
+    update(args[1:] or NOTEBOOKS)

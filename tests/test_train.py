@@ -1,0 +1,296 @@
+"""The training loop and CLI: runs on disk that survive kills, resume, refuse bad input in one line."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import qsm_tutorial
+from qsm_tutorial import results
+from qsm_tutorial.algos.sac import SACAgent
+from qsm_tutorial.train import (
+    CHECKPOINT_FORMAT,
+    CsvLog,
+    LoopConfig,
+    NonFiniteError,
+    is_temp_file,
+    load_checkpoint,
+    main,
+    updates_due,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small networks, a short warm-up, evaluation only at step 0 and at the end.
+TINY = dict(actor_hidden=(16, 16), critic_hidden=(16, 16), batch_size=32, warmup_steps=100, eval_episodes=1, log_every=50)
+TINY_FLAGS = ["--actor-hidden", "16,16", "--critic-hidden", "16,16", "--batch-size", "32", "--warmup-steps", "50",
+              "--eval-episodes", "1", "--eval-every", "1000000", "--log-every", "50", "--no-progress"]  # fmt: skip
+
+
+def train(env_id="InvertedPendulum-v5", algo="td3", total_steps=200, **kw):
+    return qsm_tutorial.train(env_id, algo=algo, total_steps=total_steps, progress=False, **{**TINY, **kw})
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def assert_run_dir_readable(run_dir: Path) -> int:
+    """Every file but atomic-write temp files parses: config JSON, whole CSV rows, the checkpoint.
+    Returns the checkpoint's step."""
+    names = {p.name for p in run_dir.iterdir() if not is_temp_file(p.name)}
+    assert names <= {"config.json", "metrics.csv", "timing.csv", "checkpoint.pt"}, names
+    json.loads((run_dir / "config.json").read_text())
+    for csv_name in ("metrics.csv", "timing.csv"):
+        text = (run_dir / csv_name).read_text()
+        assert text.endswith("\n")
+        lines = text.splitlines()
+        assert len({line.count(",") for line in lines}) == 1, f"ragged rows in {csv_name}"
+        results.read_csv(run_dir / csv_name)
+    return load_checkpoint(run_dir / "checkpoint.pt")["step"]
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "qsm_tutorial", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "qsm_tutorial", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------ smoke and resume
+@pytest.mark.parametrize("env_id", ["InvertedPendulum-v5", "dmc/cartpole-balance"])
+@pytest.mark.parametrize("algo", ["qsm", "sac", "td3"])
+def test_each_algo_trains_writes_metrics_and_resumes_to_its_budget(tmp_path, algo, env_id):
+    run = train(env_id, algo, total_steps=160, run_dir=tmp_path, checkpoint_every=80)
+    assert run.step == 160 and run.run_dir == str(tmp_path) and run.agent.n_updates == 160 - 100
+    assert assert_run_dir_readable(tmp_path) == 160
+    first = results.load_run(tmp_path)
+    assert first.config["algo"] == algo and first.config["env_id"] == env_id
+    assert list(first.events("eval")["step"]) == [0, 160]
+    assert {"critic_loss", "actor_loss", "q_mean"} <= first.metrics.keys()
+
+    resumed = train(env_id, algo, total_steps=220, run_dir=tmp_path, resume=True)
+    assert resumed.step == 220 and resumed.agent.n_updates == 220 - 100
+    assert assert_run_dir_readable(tmp_path) == 220
+    steps = results.load_run(tmp_path).metrics["step"]
+    assert steps[-1] == 220 and np.all(np.diff(steps) >= 0)
+
+
+def test_same_seed_same_metrics_file(tmp_path):
+    """metrics.csv holds no wall-clock numbers: the same seed writes the same bytes."""
+    for name in ("a", "b"):
+        train(total_steps=250, seed=3, run_dir=tmp_path / name)
+    assert (tmp_path / "a/metrics.csv").read_bytes() == (tmp_path / "b/metrics.csv").read_bytes()
+    train(total_steps=250, seed=4, run_dir=tmp_path / "c")
+    assert (tmp_path / "a/metrics.csv").read_bytes() != (tmp_path / "c/metrics.csv").read_bytes()
+
+
+def test_resuming_one_checkpoint_twice_gives_the_same_run(tmp_path):
+    train(algo="sac", total_steps=180, run_dir=tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for name in ("a", "b"):
+        train(algo="sac", total_steps=260, run_dir=tmp_path / name, resume=True)
+    assert (tmp_path / "a/metrics.csv").read_bytes() == (tmp_path / "b/metrics.csv").read_bytes()
+    rows = results.load_run(tmp_path / "a").metrics
+    assert rows["step"][-1] == 260 and (rows["event"] == "eval").sum() == 3  # 0, 180, 260
+
+
+def test_updates_per_step_ratio():
+    cfg = LoopConfig()
+    config = type("C", (), {"warmup_steps": 100, "batch_size": 32})
+    assert [updates_due(s, config, 1.0) for s in (99, 100, 101, 110)] == [0, 0, 1, 10]
+    assert updates_due(110, config, 0.5) == 5 and updates_due(110, config, 2) == 20
+    assert cfg.updates_per_step == 1.0
+    assert train(total_steps=150, updates_per_step=2).agent.n_updates == 100
+
+
+def test_in_memory_run_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = train(total_steps=120)
+    assert run.run_dir is None and list(tmp_path.iterdir()) == []
+    steps, values = run.metric("eval_return")
+    assert list(steps) == [0, 120] and np.all(values > 0)
+
+
+# ------------------------------------------------------------------------------ kills and signals
+def test_sigkill_leaves_readable_files_and_resume_reaches_the_budget(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--algo", "td3", "--env", "InvertedPendulum-v5", "--run-dir", str(run_dir), *TINY_FLAGS]
+    proc = start_cli(*args, "--total-steps", "1000000", "--checkpoint-every", "100")
+    try:
+        wait_for(lambda: (run_dir / "checkpoint.pt").exists(), proc)
+        time.sleep(0.5)  # well into the next checkpoint interval, mid-write with luck
+    finally:
+        proc.kill()
+        proc.wait()
+    step = assert_run_dir_readable(run_dir)
+    assert step >= 100 and step % 100 == 0
+    done = cli(*args, "--resume", "--total-steps", str(step + 150))
+    assert done.returncode == 0, done.stderr
+    assert assert_run_dir_readable(run_dir) == step + 150
+    assert not any(is_temp_file(p.name) for p in run_dir.iterdir())
+
+
+def test_sigterm_checkpoints_the_current_step_and_exits(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_cli("--algo", "sac", "--env", "InvertedPendulum-v5", "--run-dir", str(run_dir), *TINY_FLAGS,
+                     "--total-steps", "1000000", "--checkpoint-every", "100000")  # fmt: skip
+    wait_for(lambda: (run_dir / "metrics.csv").exists() and "train" in (run_dir / "metrics.csv").read_text(), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped by SIGTERM at step" in stderr and "Traceback" not in stderr
+    step = int(stderr.split("at step ")[1].split(";")[0])
+    assert assert_run_dir_readable(run_dir) == step
+
+
+# ------------------------------------------------------------------------------ bad input
+def one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_cli_error_is_one_line_without_traceback_in_a_real_process(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "qsm_tutorial.train", "--env", "NoSuchEnv-v9", "--run-dir", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: unknown env id 'NoSuchEnv-v9'")
+    assert not (tmp_path / "r").exists()
+
+
+def test_discrete_action_space_is_refused(capsys, tmp_path):
+    assert "continuous actions" in one_line_error(capsys, ["--env", "CartPole-v1", "--run-dir", str(tmp_path / "r")])
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture
+def finished_run(tmp_path) -> Path:
+    run_dir = tmp_path / "run"
+    train(total_steps=120, run_dir=run_dir, seed=0)
+    return run_dir
+
+
+def test_run_dir_of_another_run_is_refused(capsys, finished_run):
+    before = hashes(finished_run)
+    for other in (["--algo", "sac"], ["--algo", "td3", "--seed", "1"]):
+        err = one_line_error(capsys, [*other, "--env", "InvertedPendulum-v5", "--run-dir", str(finished_run), "--total-steps", "50"])
+        assert "belongs to another run" in err
+    err = one_line_error(capsys, ["--algo", "td3", "--env", "InvertedPendulum-v5", "--run-dir", str(finished_run)])
+    assert "already holds this run" in err and "--resume" in err
+    err = one_line_error(capsys, ["--run-dir", str(finished_run), "--resume", "--actor-lr", "0.1"])
+    assert "changed config (agent.actor_lr)" in err
+    assert hashes(finished_run) == before
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: p.write_bytes(os.urandom(3000)), "cannot read"),
+        (lambda p: torch.save({"weights": torch.zeros(3)}, p), "not a qsm_tutorial checkpoint"),
+        (lambda p: p.unlink(), "nothing to resume"),
+    ],
+)
+def test_bad_checkpoint_on_resume_is_one_line_and_touches_nothing(capsys, finished_run, damage, message):
+    damage(finished_run / "checkpoint.pt")
+    before = hashes(finished_run)
+    assert message in one_line_error(capsys, ["--run-dir", str(finished_run), "--resume", "--total-steps", "200"])
+    assert hashes(finished_run) == before
+
+
+def test_force_starts_over(finished_run):
+    run = train(algo="sac", total_steps=110, run_dir=finished_run, force=True)
+    assert run.step == 110 and results.load_run(finished_run).algo == "sac"
+    assert load_checkpoint(finished_run / "checkpoint.pt")["algo"] == "sac"
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_update = SACAgent.update
+
+    def update(self, batch):
+        metrics = real_update(self, batch)
+        return {**metrics, "critic_loss": float("nan")} if self.n_updates >= 30 else metrics
+
+    monkeypatch.setattr(SACAgent, "update", update)
+    with pytest.raises(NonFiniteError, match=r"non-finite critic_loss \(nan\) at step 130.*checkpoint \(step 120\)"):
+        train(algo="sac", total_steps=300, run_dir=tmp_path, checkpoint_every=40)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 120
+
+
+# ------------------------------------------------------------------------------ CLI and results
+def test_help_documents_every_field(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--algo", "td3", "--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ["--target-noise-clip", "the smoothing noise is clipped to +-this (paper: 0.5) (default: 0.5)",
+                 "--actor-hidden N,N", "(default: 256,256)", "--updates-per-step", "--resume", "--force"]:  # fmt: skip
+        assert text in out, text
+
+
+def test_cli_trains_and_resume_takes_the_saved_config(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = ["--algo", "sac", "--env", "InvertedPendulum-v5", "--run-dir", str(run_dir), "--total-steps", "120", *TINY_FLAGS]
+    assert main(argv) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["agent"]["actor_hidden"] == [16, 16] and config["loop"]["log_every"] == 50
+    assert config["protocol"]["evaluation"].startswith("at step 0")
+    assert main(["--run-dir", str(run_dir), "--resume", "--total-steps", "150", "--no-progress"]) == 0
+    assert "sac on InvertedPendulum-v5, seed 0: 150 steps" in capsys.readouterr().out
+
+
+def test_checkpoint_holds_only_tensors_and_primitives(finished_run):
+    state = torch.load(finished_run / "checkpoint.pt", weights_only=True)
+    assert state["format"] == CHECKPOINT_FORMAT and state["step"] == 120
+    assert {"agent", "replay", "rng", "episodes", "updates"} <= state.keys()
+    agent = results.load_agent(finished_run)
+    obs = np.zeros(4, np.float32)
+    np.testing.assert_array_equal(agent.act(obs, deterministic=True), agent.act(obs, deterministic=True))
+
+
+def test_csv_log_grows_its_header_atomically(tmp_path):
+    log = CsvLog(tmp_path / "m.csv", ["step", "event"])
+    log.start(None)
+    log.append({"step": 0, "event": "eval"})
+    log.append({"step": 5, "event": "train", "loss": 0.1})
+    assert (tmp_path / "m.csv").read_text() == "step,event,loss\n0,eval,\n5,train,0.1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.csv"]
+
+
+def write_fake_run(run_dir: Path, algo: str, seed: int, evals: dict[int, float]) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"algo": algo, "env_id": "E-v0", "seed": seed, "loop": {}, "agent": {}}))
+    rows = "".join(f"{s},eval,{v}\n" for s, v in evals.items())
+    (run_dir / "metrics.csv").write_text("step,event,eval_return\n" + rows + "7,episode,\n")
+
+
+def test_load_runs_groups_seeds_into_a_band(tmp_path):
+    write_fake_run(tmp_path / "sac/seed0", "sac", 0, {0: 1.0, 10: 3.0, 20: 5.0})
+    write_fake_run(tmp_path / "sac/seed1", "sac", 1, {0: 3.0, 10: 5.0})
+    write_fake_run(tmp_path / "td3/seed0", "td3", 0, {0: 0.0})
+    runs = results.load_runs(str(tmp_path / "*" / "seed*"))
+    assert [(r.algo, r.seed) for r in runs] == [("sac", 0), ("sac", 1), ("td3", 0)]
+    band = results.seed_band(results.group_runs(runs)["sac"])
+    assert list(band.steps) == [0, 10] and band.n_runs == 2
+    np.testing.assert_allclose(band.mean, [2.0, 4.0])
+    np.testing.assert_allclose(band.low, [1.0, 3.0])
+    np.testing.assert_allclose(band.high, [3.0, 5.0])
+    np.testing.assert_allclose(band.std, [1.0, 1.0])
