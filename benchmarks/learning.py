@@ -64,7 +64,7 @@ def command(args: argparse.Namespace, algo: str, seed: int, extra: list[str]) ->
     run_dir = run_dir_of(args, algo, seed)
     cmd = [sys.executable, "-m", "qsm_tutorial", "--algo", algo, "--env", args.env, "--seed", str(seed),
            "--total-steps", str(args.total_steps), "--run-dir", str(run_dir), "--eval-every", str(args.eval_every),
-           "--eval-episodes", str(args.eval_episodes), "--threads", "1", "--no-progress", *extra]  # fmt: skip
+           "--eval-episodes", str(args.eval_episodes), "--threads", "1", "--no-progress", *extra]
     return cmd + ["--resume"] if (run_dir / CHECKPOINT_FILE).exists() else cmd
 
 
@@ -101,17 +101,17 @@ def write_csvs(runs: list[RunResult], args: argparse.Namespace) -> tuple[Path, P
             e = r.events("eval")
             for i in range(len(e["step"])):
                 w.writerow([r.env_id, r.algo, r.seed, int(e["step"][i]),
-                            *(f"{e[k][i]:.2f}" for k in ("eval_return", "eval_return_std", "eval_return_min", "eval_return_max"))])  # fmt: skip
+                            *(f"{e[k][i]:.2f}" for k in ("eval_return", "eval_return_std", "eval_return_min", "eval_return_max"))])
     with open(summary, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["env", "algo", "seed", "total_steps", "final_eval_return", "best_eval_return",
-                    f"first_step_at_{args.threshold:g}", "eval_episodes", "median_steps_per_s"])  # fmt: skip
+                    f"first_step_at_{args.threshold:g}", "eval_episodes", "median_steps_per_s"])
         for r in runs:
             steps, values = r.curve("eval_return")
             sps = r.timing.get("steps_per_s", np.array([np.nan]))
             w.writerow([r.env_id, r.algo, r.seed, int(steps[-1]), f"{values[-1]:.2f}", f"{values.max():.2f}",
                         first_step_reaching(r, args.threshold) or "", r.config["loop"]["eval_episodes"],
-                        f"{np.median(sps):.1f}"])  # fmt: skip
+                        f"{np.median(sps):.1f}"])
     return curves, summary
 
 

@@ -157,7 +157,8 @@ def seed_band(runs: list[RunResult], key: str = "eval_return") -> Band:
 
 
 def load_agent(run_dir: str | Path):
-    """The agent of a saved run, restored from its checkpoint (on CPU unless the config says cuda)."""
+    """The agent of a saved run, restored from its latest checkpoint (on the device its config
+    names: ``auto`` is CUDA when present)."""
     from . import algos
     from .train import load_checkpoint
 
@@ -165,5 +166,5 @@ def load_agent(run_dir: str | Path):
     agent_cls, config_cls = algos.get(config["algo"])
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config["agent"].items()}
     agent = agent_cls(config["obs_dim"], config["act_dim"], config_cls(**fields))
-    agent.load_state_dict(load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, agent.device)["agent"])
+    agent.load_state_dict(load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)["agent"])
     return agent

@@ -66,7 +66,7 @@ EVAL_STREAM, RESUME_STREAM = 1, 2  # seed streams of derived_seed
 METRIC_COLUMNS = [
     "step", "event", "episode", "episode_return", "episode_length", "updates",
     "eval_return", "eval_return_std", "eval_return_min", "eval_return_max", "eval_length",
-]  # fmt: skip
+]
 TIMING_COLUMNS = ["step", "elapsed_s", "steps_per_s"]
 
 
@@ -483,6 +483,18 @@ def _run_record(algo, env_id, seed, total_steps, loop, config, obs_dim, act_dim,
     return json.loads(json.dumps(record))  # tuples become lists, as they will read back
 
 
+def _restore(checkpoint: dict, agent, buffer: ReplayBuffer, action_space: gym.Space, path: Path) -> tuple[int, int, int]:
+    """Load a checkpoint into the run's objects; ``(step, episodes, updates)`` to continue from."""
+    try:
+        agent.load_state_dict(checkpoint["agent"])
+        buffer.load_state_dict(checkpoint["replay"])
+        set_rng_state(checkpoint["rng"], action_space)
+        return checkpoint["step"], checkpoint["episodes"], checkpoint["updates"]
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:  # e.g. network sizes changed with --force
+        message = " ".join(str(e).split()[:30]) or type(e).__name__
+        raise CheckpointError(f"{path} does not fit this run ({message})") from None
+
+
 def train(
     env_or_id: str | gym.Env,
     algo: str = "qsm",
@@ -528,14 +540,7 @@ def train(
         checkpoint = store.prepare(record, resume, force) if store else None
         start, episodes, updates = 0, 0, 0
         if checkpoint is not None:
-            try:
-                agent.load_state_dict(checkpoint["agent"])
-                buffer.load_state_dict(checkpoint["replay"])
-                set_rng_state(checkpoint["rng"], env.action_space)
-                start, episodes, updates = checkpoint["step"], checkpoint["episodes"], checkpoint["updates"]
-            except (KeyError, RuntimeError, ValueError, TypeError) as e:
-                message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise CheckpointError(f"{store.checkpoint} does not fit this run ({message})") from None
+            start, episodes, updates = _restore(checkpoint, agent, buffer, env.action_space, store.checkpoint)
         metrics = CsvLog(store.metrics if store else None, METRIC_COLUMNS)
         timing = CsvLog(store.timing if store else None, TIMING_COLUMNS)
         if store:
@@ -543,17 +548,12 @@ def train(
             metrics.start(start if checkpoint is not None else None)
             timing.start(start if checkpoint is not None else None)
         run = Run(agent, config, env_id, seed, history=metrics.rows, run_dir=str(store.path) if store else None,
-                  loop=loop, total_steps=total_steps, step=start, timing=timing.rows)  # fmt: skip
-        kept = f"the last good checkpoint (step {start}) is in {store.path}" if store else "no run_dir: nothing saved"
+                  loop=loop, total_steps=total_steps, step=start, timing=timing.rows)
+        saved_step = start  # the last good checkpoint, named when a run diverges
 
-        def save(step: int) -> None:
-            bad = first_nonfinite(agent.state_dict())
-            if bad:
-                raise NonFiniteError(f"non-finite weights ({bad}) at step {step}: the run stopped; {kept}")
-            state = {"format": CHECKPOINT_FORMAT, "algo": algo, "env_id": env_id, "seed": seed, "step": step,
-                     "episodes": episodes, "updates": updates, "agent": agent.state_dict(),
-                     "replay": buffer.state_dict(), "rng": rng_state(env.action_space)}  # fmt: skip
-            store.save_checkpoint(state)
+        def stop_on_nonfinite(what: str, step: int) -> NonFiniteError:
+            kept = f"the last good checkpoint (step {saved_step}) is in {store.path}" if store else "nothing was saved"
+            return NonFiniteError(f"non-finite {what} at step {step}: the run stopped; {kept}")
 
         if start == 0:
             metrics.append({"step": 0, "event": "eval", **evaluate(agent, eval_env, loop.eval_episodes, seed)})
@@ -573,7 +573,7 @@ def train(
                 if terminated or truncated:
                     episodes += 1
                     metrics.append({"step": step, "event": "episode", "episode": episodes,
-                                    "episode_return": episode_return, "episode_length": episode_length})  # fmt: skip
+                                    "episode_return": episode_return, "episode_length": episode_length})
                     obs, _ = env.reset()
                     episode_return, episode_length = 0.0, 0
                 # -- learn -------------------------------------------------------------------------
@@ -582,7 +582,7 @@ def train(
                     updates += 1
                     for key, value in info.items():
                         if not math.isfinite(value):
-                            raise NonFiniteError(f"non-finite {key} ({value}) at step {step}: the run stopped; {kept}")
+                            raise stop_on_nonfinite(f"{key} ({value})", step)
                         window.setdefault(key, []).append(value)
                 # -- log, evaluate, checkpoint ---------------------------------------------------
                 window_steps += 1
@@ -604,8 +604,14 @@ def train(
                     last_eval = round(result["eval_return"], 1)
                 run.step = step
                 if store and (step % loop.checkpoint_every == 0 or step == total_steps or stop.requested):
-                    save(step)
-                    kept = f"the last good checkpoint (step {step}) is in {store.path}"
+                    bad = first_nonfinite(agent.state_dict())
+                    if bad:
+                        raise stop_on_nonfinite(f"weights ({bad})", step)
+                    state = {"format": CHECKPOINT_FORMAT, "algo": algo, "env_id": env_id, "seed": seed, "step": step,
+                             "episodes": episodes, "updates": updates, "agent": agent.state_dict(),
+                             "replay": buffer.state_dict(), "rng": rng_state(env.action_space)}
+                    store.save_checkpoint(state)
+                    saved_step = step
                 if stop.requested:
                     run.stop_reason = stop.requested
                     break
@@ -748,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if run.stop_reason:
         print(f"stopped by {run.stop_reason} at step {run.step}; checkpoint saved in {run.run_dir}; "
-              "continue with --resume", file=sys.stderr)  # fmt: skip
+              "continue with --resume", file=sys.stderr)
         return 128 + signal.Signals[run.stop_reason].value
     steps, returns = run.metric("eval_return")
     final = f"eval return {returns[-1]:.1f}" if len(returns) else "no evaluation"

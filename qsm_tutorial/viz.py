@@ -398,17 +398,20 @@ def plot_action_samples(
     title: str | None = None,
     background_label: str = "reward r(a)",
     max_points: int = 2000,
+    points: Mapping[str, Any] | None = None,
+    points_label: str = "deterministic action",
 ) -> Figure:
     """Action samples over the reward / Q landscape, one panel per policy.
 
     ``samples``: ``{"QSM (diffusion)": [N, 2], "SAC (Gaussian)": [N, 2]}`` or one [N, 2] array;
-    ``background``: ``(grid [n, n, 2], values [n, n])``; ``modes`` [K, 2]: optimal actions, marked ×.
+    ``background``: ``(grid [n, n, 2], values [n, n])``; ``modes`` [K, 2]: optimal actions, marked ×;
+    ``points``: ``{panel name: [K, 2]}`` extra actions marked ★ (e.g. a Gaussian's mean action).
     Colours: orange for the first (the diffusion policy), purple for the next, unless ``colors``.
     """
     sets = dict(samples) if isinstance(samples, Mapping) else {"policy samples": samples}
     palette = [POLICY_COLOR, GAUSSIAN_COLOR, "tab:red", "tab:brown"]
     n = len(sets)
-    fig = _figure((3.6 * n + 0.9, 3.9))
+    fig = _figure((3.4 * n + 0.9, 4.0))
     axes = _subplots(fig, 1, n, sharey=True).ravel()
     for k, (ax, (name, s)) in enumerate(zip(axes, sets.items())):
         if background is not None:
@@ -419,12 +422,21 @@ def plot_action_samples(
             ax.set_ylabel(ACTION_LABELS[1])
         pts = _np(s)[:max_points]
         color = (colors or {}).get(name, palette[k % len(palette)])
-        ax.scatter(pts[:, 0], pts[:, 1], s=7, color=color, alpha=0.45, lw=0, zorder=3, label=f"{len(pts)} samples")
+        ax.scatter(pts[:, 0], pts[:, 1], s=7, color=color, alpha=0.45, lw=0, zorder=3)
         if modes is not None:
             mo = _np(modes)
-            ax.scatter(mo[:, 0], mo[:, 1], marker="x", s=55, color="k", lw=1.6, zorder=4, label="optimal actions")
+            ax.scatter(mo[:, 0], mo[:, 1], marker="x", s=55, color="k", lw=1.6, zorder=4)
+        if points is not None and name in points:
+            p = np.atleast_2d(_np(points[name]))
+            ax.scatter(p[:, 0], p[:, 1], marker="*", s=260, color=color, ec="k", lw=1.0, zorder=5)
         ax.set_title(name)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False, markerscale=1.8, handletextpad=0.2)
+    n_pts = min(len(_np(s)), max_points)
+    handles = [Line2D([], [], color="0.45", marker="o", ls="None", ms=4, label=f"{n_pts} policy samples")]
+    if modes is not None:
+        handles.append(Line2D([], [], color="k", marker="x", ls="None", ms=8, mew=1.6, label="optimal actions"))
+    if points:
+        handles.append(Line2D([], [], color="0.45", marker="*", mec="k", ls="None", ms=13, label=points_label))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
     if title:
         fig.suptitle(title)
     return fig

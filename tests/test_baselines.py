@@ -93,10 +93,10 @@ def test_sac_temperature_and_entropy_fall_toward_the_target_on_a_bandit():
     for _ in range(1000):
         a = rng.uniform(-1, 1, 2)
         buffer.add(np.zeros(1), a, -4 * np.sum((a - 0.3) ** 2), np.zeros(1), True)
-    agent = SACAgent(1, 2, SACConfig(**TINY, temperature_lr=1e-2, actor_lr=3e-3, critic_lr=3e-3))
-    entropies = [agent.update(buffer.sample(64))["entropy"] for _ in range(400)]
+    agent = SACAgent(1, 2, SACConfig(**TINY, temperature_lr=3e-2, actor_lr=1e-2, critic_lr=1e-2))
+    entropies = [agent.update(buffer.sample(32))["entropy"] for _ in range(250)]
     assert entropies[0] > agent.target_entropy + 2
-    assert np.mean(entropies[-50:]) < entropies[0] - 1.0 and agent.alpha.item() < 0.3
+    assert abs(np.mean(entropies[-30:]) - agent.target_entropy) < 0.7 and agent.alpha.item() < 0.3
 
 
 def test_td3_target_smoothing_noise_is_clipped():

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Small networks, a short warm-up, evaluation only at step 0 and at the end.
 TINY = dict(actor_hidden=(16, 16), critic_hidden=(16, 16), batch_size=32, warmup_steps=100, eval_episodes=1, log_every=50)
 TINY_FLAGS = ["--actor-hidden", "16,16", "--critic-hidden", "16,16", "--batch-size", "32", "--warmup-steps", "50",
-              "--eval-episodes", "1", "--eval-every", "1000000", "--log-every", "50", "--no-progress"]  # fmt: skip
+              "--eval-episodes", "1", "--eval-every", "1000000", "--log-every", "50", "--no-progress"]
 
 
 def train(env_id="InvertedPendulum-v5", algo="td3", total_steps=200, **kw):
@@ -58,7 +58,7 @@ def assert_run_dir_readable(run_dir: Path) -> int:
     return load_checkpoint(run_dir / "checkpoint.pt")["step"]
 
 
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "qsm_tutorial", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
@@ -66,7 +66,7 @@ def start_cli(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "qsm_tutorial", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
 
 
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert proc.poll() is None, proc.communicate()
@@ -151,7 +151,7 @@ def test_sigkill_leaves_readable_files_and_resume_reaches_the_budget(tmp_path):
 def test_sigterm_checkpoints_the_current_step_and_exits(tmp_path):
     run_dir = tmp_path / "run"
     proc = start_cli("--algo", "sac", "--env", "InvertedPendulum-v5", "--run-dir", str(run_dir), *TINY_FLAGS,
-                     "--total-steps", "1000000", "--checkpoint-every", "100000")  # fmt: skip
+                     "--total-steps", "1000000", "--checkpoint-every", "100000")
     wait_for(lambda: (run_dir / "metrics.csv").exists() and "train" in (run_dir / "metrics.csv").read_text(), proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
@@ -171,7 +171,7 @@ def one_line_error(capsys, argv) -> str:
 
 def test_cli_error_is_one_line_without_traceback_in_a_real_process(tmp_path):
     out = subprocess.run([sys.executable, "-m", "qsm_tutorial.train", "--env", "NoSuchEnv-v9", "--run-dir", str(tmp_path / "r")],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("error: unknown env id 'NoSuchEnv-v9'")
     assert not (tmp_path / "r").exists()
@@ -216,6 +216,13 @@ def test_bad_checkpoint_on_resume_is_one_line_and_touches_nothing(capsys, finish
     assert hashes(finished_run) == before
 
 
+def test_forced_resume_with_other_network_sizes_does_not_fit(capsys, finished_run):
+    before = hashes(finished_run)
+    err = one_line_error(capsys, ["--run-dir", str(finished_run), "--resume", "--force", "--actor-hidden", "8,8"])
+    assert "checkpoint.pt does not fit this run" in err
+    assert hashes(finished_run) == before
+
+
 def test_force_starts_over(finished_run):
     run = train(algo="sac", total_steps=110, run_dir=finished_run, force=True)
     assert run.step == 110 and results.load_run(finished_run).algo == "sac"
@@ -242,7 +249,7 @@ def test_help_documents_every_field(capsys):
     assert exit_info.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     for text in ["--target-noise-clip", "the smoothing noise is clipped to +-this (paper: 0.5) (default: 0.5)",
-                 "--actor-hidden N,N", "(default: 256,256)", "--updates-per-step", "--resume", "--force"]:  # fmt: skip
+                 "--actor-hidden N,N", "(default: 256,256)", "--updates-per-step", "--resume", "--force"]:
         assert text in out, text
 
 

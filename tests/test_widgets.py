@@ -9,17 +9,21 @@ from qsm_tutorial import widgets
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
+# One xdist worker runs this file (with --dist loadgroup, as `make test` does), so the trained
+# snapshots below are made once, not once per worker.
+pytestmark = pytest.mark.xdist_group("widgets")
 
-@pytest.fixture(scope="module")
+
+@pytest.fixture(scope="session")  # session: a module fixture is rebuilt when xdist interleaves files
 def snapshots():
     # A tiny run: small nets, short warm-up and Langevin chains; 100 updates, a snapshot every 25.
     return widgets.train_bandit_snapshots(
         "single-peak",
-        total_steps=164,
+        total_steps=132,
         every=25,
         seed=0,
-        warmup_steps=64,
-        batch_size=64,
+        warmup_steps=32,
+        batch_size=32,
         actor_hidden=(32, 32),
         critic_hidden=(32, 32),
         langevin_steps=10,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -63,3 +64,14 @@ def polyak_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     """θ̄ ← (1 − τ) θ̄ + τ θ."""
     for p_t, p in zip(target.parameters(), online.parameters()):
         p_t.lerp_(p, tau)
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block ``module``'s parameters take no gradients: an actor step back-propagates
+    through the critic to the action without computing (and then discarding) critic gradients."""
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        module.requires_grad_(True)

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from ..diffusion import Denoiser, NoiseSchedule, add_noise, ddpm_sample, langevin_sample
 from ..replay import Batch
+from . import fast
 from .common import TwinCritic, critic_loss, critic_target, doc, polyak_update, resolve_device
 
 
@@ -66,6 +67,7 @@ class QSMConfig:
     warmup_steps: int = doc(10_000, "uniform-random actions before learning starts (paper: 10000)")
     buffer_size: int = doc(1_000_000, "replay buffer capacity (paper: 1e6)")
     device: str = doc("auto", "torch device: auto (CUDA if present), cpu or cuda")
+    fast: bool = doc(True, "fast update (algos/fast.py: fused Adam, one-exp Mish, time features hoisted); --no-fast = the plain reference update; both agree to float32 rounding")
 
     def __post_init__(self):
         if self.sampler not in ("ddpm", "langevin"):
@@ -145,8 +147,9 @@ class QSMAgent:
         self.actor = Denoiser(obs_dim, act_dim, cfg.actor_hidden).to(self.device)
         self.critic = TwinCritic(obs_dim, act_dim, cfg.critic_hidden).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        adam = fast.adam_options(self.device) if cfg.fast else {}  # fused=True: same math, one kernel
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, **adam)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, **adam)
         self.actor_sched = torch.optim.lr_scheduler.LambdaLR(self.actor_opt, self._actor_lr_factor)
         self.n_updates = 0
 
@@ -205,6 +208,10 @@ class QSMAgent:
 
     def update_critic(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
+        if cfg.fast:  # the same step, computed by algos/fast.py (same random draws, same order)
+            noise = fast.draw_td_noise(cfg, batch, self.act_dim)
+            nets, stacked = fast.QSMNets.view_of(self), fast.add_seed_axis(batch)
+            return fast.floats(fast.critic_step(nets, self.critic_opt, cfg, self.schedule, stacked, noise))
         with torch.no_grad():
             y = critic_target(batch.reward, batch.mask, cfg.gamma, self._next_q(batch))
         q = self.critic(batch.obs, batch.action)
@@ -224,6 +231,10 @@ class QSMAgent:
     def update_actor(self, batch: Batch) -> dict[str, float]:
         cfg = self.config
         B = batch.action.shape[0]
+        if cfg.fast:  # the same step, computed by algos/fast.py (same random draws, same order)
+            t, noise = fast.draw_actor_noise(cfg, B, self.act_dim, self.device)
+            nets, stacked = fast.QSMNets.view_of(self), fast.add_seed_axis(batch)
+            return fast.floats(fast.actor_step(nets, self.actor_opt, self.actor_sched, cfg, self.schedule, stacked, t, noise))
         t = torch.randint(0, self.schedule.T, (B,), device=self.device)
         noise = torch.randn_like(batch.action)
         noised = add_noise(self.schedule, batch.action, t, noise)

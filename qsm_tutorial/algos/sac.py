@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..diffusion import mlp, xavier_init_
 from ..replay import Batch
-from .common import TwinCritic, critic_loss, critic_target, doc, polyak_update, resolve_device
+from .common import TwinCritic, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
 
 # The clip range of log σ in the authors' Gaussian head (jaxrl5's Normal: -20, 2).
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -207,8 +207,9 @@ class SACAgent:
 
     def update_actor(self, batch: Batch) -> dict[str, float]:
         a, log_prob = self.actor.sample(batch.obs)
-        # The critics are not stepped here; their gradients are discarded by the next zero_grad.
-        loss = sac_actor_loss(log_prob, self.critic(batch.obs, a), self.alpha)
+        with frozen(self.critic):
+            q = self.critic(batch.obs, a)
+        loss = sac_actor_loss(log_prob, q, self.alpha)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..diffusion import mlp, xavier_init_
 from ..replay import Batch
-from .common import TwinCritic, critic_loss, critic_target, doc, polyak_update, resolve_device
+from .common import TwinCritic, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
 
 
 @dataclass
@@ -173,8 +173,9 @@ class TD3Agent:
         return {"critic_loss": loss.item(), "q_mean": q.mean().item()}
 
     def update_actor(self, batch: Batch) -> dict[str, float]:
-        # The critics are not stepped here; their gradients are discarded by the next zero_grad.
-        loss = td3_actor_loss(self.critic(batch.obs, self.actor(batch.obs)))
+        with frozen(self.critic):
+            q = self.critic(batch.obs, self.actor(batch.obs))
+        loss = td3_actor_loss(q)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_opt.step()

@@ -41,15 +41,15 @@ def register_resolver(resolver: Callable[[str], Callable[..., gym.Env] | None]) 
     _RESOLVERS.append(resolver)
 
 
-def _load_modules() -> None:
-    # Imported here, not at the top, so that `import qsm_tutorial` stays fast and a missing
-    # optional simulator only matters when one of its envs is asked for.
+def _load_toy_modules() -> None:
+    # Imported here, not at the top, so that `import qsm_tutorial` stays fast.
     from . import bandits, gridworld  # noqa: F401
 
-    try:
-        from . import control  # noqa: F401
-    except ImportError:  # control envs need mujoco / dm_control
-        pass
+
+def _load_modules() -> None:
+    _load_toy_modules()
+    # The control module imports mujoco and dm_control (seconds): only when a control id is asked for.
+    from . import control  # noqa: F401
 
 
 def available() -> list[str]:
@@ -65,8 +65,11 @@ def make(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
     """
     if not isinstance(env_id, str):
         raise TypeError(f"env id must be a string such as 'bandit/four-gaussians', got {env_id!r}")
-    _load_modules()
+    _load_toy_modules()
     factory = _REGISTRY.get(env_id)
+    if factory is None:
+        _load_modules()
+        factory = _REGISTRY.get(env_id)
     if factory is None:
         for resolve in _RESOLVERS:
             factory = resolve(env_id)

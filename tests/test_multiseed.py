@@ -1,0 +1,113 @@
+"""Several seeds in one process give each seed's single-seed run, bit for bit; memory stays fixed."""
+
+import pytest
+import torch
+
+import qsm_tutorial
+from qsm_tutorial.algos import fast
+from qsm_tutorial.multiseed import SeedRandomState, train_seeds
+from qsm_tutorial.replay import ReplayBuffer
+
+# Small and short, but with everything the loop does: warm-up, acting, episodes that end and
+# restart (InvertedPendulum falls), bootstrapped TD targets, evaluations and logging windows.
+SMALL = dict(total_steps=90, warmup_steps=40, batch_size=16, actor_hidden=(16, 16), critic_hidden=(16, 16), T=3,
+             eval_episodes=1, eval_every=60, log_every=30, progress=False)  # fmt: skip
+
+
+def flat(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from flat(v, f"{prefix}.{k}")
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from flat(v, f"{prefix}.{i}")
+    else:
+        yield prefix, tree
+
+
+def assert_identical_runs(single, multi) -> None:
+    assert single.history == multi.history  # episodes, training metrics, evaluations: exact floats
+    a, b = dict(flat(single.agent.state_dict())), dict(flat(multi.agent.state_dict()))
+    assert a.keys() == b.keys()
+    for key, x in a.items():
+        same = torch.equal(x, b[key]) if torch.is_tensor(x) else x == b[key]
+        assert same, f"{key} differs"
+
+
+@pytest.mark.parametrize("env_id, extra", [("InvertedPendulum-v5", {}), ("bandit/ring", {"langevin_steps": 4})])
+def test_each_seed_equals_its_single_seed_run(env_id, extra):
+    seeds = (3, 0)
+    multi = train_seeds(env_id, "qsm", seeds=seeds, **SMALL, **extra)
+    assert [r.seed for r in multi] == list(seeds)
+    for seed, run in zip(seeds, multi):
+        assert_identical_runs(qsm_tutorial.train(env_id, "qsm", seed=seed, **SMALL, **extra), run)
+    assert multi[0].history != multi[1].history  # and the seeds differ from each other
+
+
+def test_stacked_update_of_a_seed_does_not_depend_on_the_others():
+    """Slice 0 of an S = 3 update equals the S = 1 update bit for bit (kernels are per slice)."""
+    from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig
+    from qsm_tutorial.multiseed import StackedQSM
+
+    cfg = QSMConfig(device="cpu", actor_hidden=(32, 32), critic_hidden=(32, 32), batch_size=32)
+    buffers = []
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        b = ReplayBuffer(3, 1, 64)
+        for _ in range(64):
+            b.add(torch.randn(3, generator=g).numpy(), torch.rand(1, generator=g).numpy(), 1.0, torch.randn(3, generator=g).numpy(), False)
+        buffers.append(b)
+    results = []
+    for S in (1, 3):
+        torch.manual_seed(0)
+        stack = StackedQSM([QSMAgent(3, 1, cfg) for _ in range(S)])
+        for step in range(3):
+            batches, td, actor = [], [], []
+            for k in range(S):  # seed k's draws depend on k and the step only
+                torch.manual_seed(100 * step + k)
+                batches.append(buffers[k].sample(32))
+                td.append(fast.draw_td_noise(cfg, batches[-1], 1))
+                actor.append(fast.draw_actor_noise(cfg, 32, 1, "cpu"))
+            info = stack.update(batches, td, actor)
+        results.append((info[0], stack.state_dict(0)))
+    assert results[0][0] == results[1][0]
+    for key, x in dict(flat(results[0][1])).items():
+        y = dict(flat(results[1][1]))[key]
+        assert torch.equal(x, y) if torch.is_tensor(x) else x == y, key
+
+
+def test_seed_random_state_isolates_streams():
+    a, b = SeedRandomState(), SeedRandomState()
+    torch.manual_seed(0)
+    with a:
+        torch.manual_seed(1)
+    with b:
+        torch.manual_seed(1)
+    outside = torch.rand(3)
+    with a:
+        xa = torch.rand(3)
+    with b:
+        xb = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(outside, torch.rand(3)) and torch.equal(xa, xb)
+
+
+def test_other_algorithms_run_seed_after_seed():
+    runs = train_seeds("bandit/ring", "sac", seeds=(0, 1), total_steps=40, warmup_steps=20, batch_size=8,
+                       actor_hidden=(8, 8), critic_hidden=(8, 8), eval_episodes=1, progress=False)  # fmt: skip
+    assert [r.seed for r in runs] == [0, 1] and all(r.step == 40 for r in runs)
+
+
+def test_bad_seeds_are_refused():
+    with pytest.raises(ValueError, match="distinct"):
+        train_seeds("bandit/ring", seeds=(1, 1))
+
+
+def test_replay_buffer_for_a_million_cheetah_steps_is_under_250_mb():
+    buf = ReplayBuffer(17, 6, 1_000_000)  # dmc/cheetah-run: 17-D observations, 6-D actions
+    assert buf.nbytes == 1_000_000 * (2 * 17 + 6 + 2) * 4  # float32, allocated once
+    assert buf.nbytes < 250e6
+    before = buf.nbytes
+    for _ in range(10):
+        buf.add([0.0] * 17, [0.0] * 6, 0.0, [0.0] * 17, False)
+    assert buf.nbytes == before and all(getattr(buf, f).dtype.name == "float32" for f in buf.FIELDS)
