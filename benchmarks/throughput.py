@@ -27,8 +27,10 @@ get on an idle one. Update timings use a fixed minibatch of cheetah-run sizes (|
   paper's sizes and at 64×64; and the whole lockstep loop (``train_seeds``) for 4 seeds against 1
   at 64×64. ``multiseed_speedup`` = 4 × time(1 seed) / time(4 seeds in one process); ≥ 2 means four
   seeds take at most twice the wall time of one.
-- memory: bytes of a 1M-transition cheetah-run replay buffer, and the process RSS sampled while
-  ``train`` runs ``--memory-steps`` env steps with small networks and a 1M buffer.
+- memory: bytes of a 1M-transition cheetah-run replay buffer, and the RSS of a fresh process
+  sampled every 0.25 s while ``train`` runs ``--memory-steps`` env steps (32×32 networks, batch 64,
+  a 1M buffer); the buffer's pages become resident as it fills (168 B per step), nothing else
+  should grow.
 """
 
 from __future__ import annotations
@@ -301,9 +303,12 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def section_memory(steps: int) -> dict:
-    """(e) replay buffer bytes; RSS over a long training loop with small networks."""
+def section_memory(steps: int, threads: int = 1) -> dict:
+    """(e) replay buffer bytes; RSS over a long training loop with small networks (run it in a
+    fresh process, see ``main``, so that the RSS is the training's own)."""
     import qsm_tutorial
+
+    torch.set_num_threads(threads)
 
     buffer_mb = ReplayBuffer(OBS, ACT, 1_000_000).nbytes / 1e6
     samples: list[tuple[float, float]] = []
@@ -319,7 +324,7 @@ def section_memory(steps: int) -> dict:
     thread.start()
     w0 = time.perf_counter()
     run = qsm_tutorial.train("dmc/cheetah-run", "qsm", total_steps=steps, seed=0, progress=False, warmup_steps=min(1000, steps // 2),
-                             actor_hidden=(64, 64), critic_hidden=(64, 64), batch_size=64, buffer_size=1_000_000,
+                             actor_hidden=(32, 32), critic_hidden=(32, 32), batch_size=64, buffer_size=1_000_000,
                              eval_every=10**9, eval_episodes=1, log_every=max(1, steps // 20))  # fmt: skip
     wall = time.perf_counter() - w0
     done.set()
@@ -418,7 +423,10 @@ def main() -> int:
         res["multiseed"] = section_multiseed(dev, reps, loop_steps=100 if args.quick else 300)
     if "memory" not in skip:
         log(f"[throughput] memory, load {load()}")
-        res["memory"] = section_memory(args.memory_steps or (2000 if args.quick else 20000))
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(1) as pool:  # a fresh process: its RSS is the run's own
+            res["memory"] = pool.apply(section_memory, (args.memory_steps or (2000 if args.quick else 20000), args.threads))
     for extra in devices[1:]:
         log(f"[throughput] updates on {extra}")
         res[f"updates_{extra.type}"] = section_updates(extra, reps, n=20)

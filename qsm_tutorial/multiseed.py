@@ -42,12 +42,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import train as train_module
 from .algos import fast
 from .algos.qsm import QSMAgent
 from .replay import ReplayBuffer
 from .train import (
     CHECKPOINT_FORMAT,
+    DEFAULT_TOTAL_STEPS,
     LOOP_FIELDS,
     METRIC_COLUMNS,
     TIMING_COLUMNS,
@@ -62,8 +62,10 @@ from .train import (
     evaluate,
     first_nonfinite,
     make_config,
+    preset_for,
     rng_state,
     seed_everything,
+    train,
     updates_due,
 )
 
@@ -189,7 +191,7 @@ def train_seeds(
     if algo != "qsm" or not make_config(algo, env_id, **{k: v for k, v in overrides.items() if k not in LOOP_FIELDS}).fast:
         # Nothing to stack: the seeds run one after another (the same results, no speed-up).
         return [
-            train_module.train(env_id, algo, total_steps, seed, run_dir=d, force=force, progress=progress, **overrides)
+            train(env_id, algo, total_steps, seed, run_dir=d, force=force, progress=progress, **overrides)
             for seed, d in zip(seeds, run_dirs)
         ]
     loop = LoopConfig(**{k: overrides.pop(k) for k in LOOP_FIELDS & overrides.keys()})
@@ -210,7 +212,7 @@ def train_seeds(
             buffers.append(ReplayBuffer(obs_dim, act_dim, config.buffer_size))
             rngs.append(SeedRandomState())
         SeedRandomState._restore(outer.state)
-        total_steps = total_steps or train_module.DEFAULT_TOTAL_STEPS[train_module.preset_for(env_id)]
+        total_steps = total_steps or DEFAULT_TOTAL_STEPS[preset_for(env_id)]
         stores = [RunDir(d) if d is not None else None for d in run_dirs]
         records = [_run_record(algo, env_id, s, total_steps, loop, config, obs_dim, act_dim, agents[0].device) for s in seeds]
         for store, record in zip(stores, records):

@@ -348,7 +348,8 @@ class RunDir:
                 "choose another --run-dir, or pass --force to replace it"
             )
         if not resume:
-            if not force and any(p.exists() for p in (self.config, self.checkpoint, self.metrics)):
+            # Without a checkpoint there is nothing to lose: a run killed before its first one restarts.
+            if not force and self.checkpoint.exists():
                 raise RunDirError(
                     f"{self.path} already holds this run; pass --resume to continue it or --force to start it over"
                 )

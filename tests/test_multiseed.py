@@ -10,7 +10,7 @@ from qsm_tutorial.replay import ReplayBuffer
 
 # Small and short, but with everything the loop does: warm-up, acting, episodes that end and
 # restart (InvertedPendulum falls), bootstrapped TD targets, evaluations and logging windows.
-SMALL = dict(total_steps=90, warmup_steps=40, batch_size=16, actor_hidden=(16, 16), critic_hidden=(16, 16), T=3,
+SMALL = dict(total_steps=75, warmup_steps=40, batch_size=16, actor_hidden=(16, 16), critic_hidden=(16, 16), T=3,
              eval_episodes=1, eval_every=60, log_every=30, progress=False)  # fmt: skip
 
 

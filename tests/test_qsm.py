@@ -8,15 +8,8 @@ import qsm_tutorial
 from qsm_tutorial import envs
 from qsm_tutorial.algos.common import TwinCritic, critic_target
 from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig, q_action_gradient, q_score_target
-from qsm_tutorial.envs.bandits import SINGLE_PEAK
+from qsm_tutorial.envs.bandits import SINGLE_PEAK, mode_shares
 from qsm_tutorial.replay import ReplayBuffer
-
-
-def mode_shares(samples: torch.Tensor, modes: torch.Tensor, radius: float = 0.25) -> list[float]:
-    """Fraction of samples within ``radius`` of each mode."""
-    d = torch.cdist(samples, modes)
-    near = d.min(dim=1).values < radius
-    return [float(((d.argmin(dim=1) == k) & near).float().mean()) for k in range(len(modes))]
 
 
 def test_config_defaults_are_the_papers():

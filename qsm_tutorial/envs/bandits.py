@@ -118,6 +118,13 @@ class Bandit2D(gym.Env):
             raise ValueError(f"reward_fn of bandit {self.name!r} returned non-finite values on [-1, 1]^2")
 
 
+def mode_shares(samples: Tensor, modes: Tensor, radius: float = 0.25) -> list[float]:
+    """The fraction of ``samples`` [N, 2] within ``radius`` of each of the ``modes`` [K, 2]."""
+    d = torch.cdist(torch.as_tensor(samples, dtype=torch.float32), torch.as_tensor(modes, dtype=torch.float32))
+    near = d.min(dim=1).values < radius
+    return [float(((d.argmin(dim=1) == k) & near).float().mean()) for k in range(len(modes))]
+
+
 def action_grid(n: int, bound: float = 1.0) -> Tensor:
     """An n × n grid of actions over [−bound, bound]², shape [n, n, 2] (x varies along dim 1)."""
     xs = torch.linspace(-bound, bound, n)
