@@ -128,12 +128,14 @@ def plot(runs: list[RunResult], args: argparse.Namespace) -> Path:
         c = colours.get(algo)
         ax.plot(band.steps, band.mean, color=c, lw=2, label=f"{algo.upper()} (mean of {band.n_runs} seeds)")
         ax.fill_between(band.steps, band.low, band.high, color=c, alpha=0.2, lw=0)
+    warmup = runs[0].config["agent"]["warmup_steps"]
+    ax.axvspan(0, warmup, color="grey", alpha=0.1, lw=0, label=f"uniform-random warm-up ({warmup} steps)")
     ax.axhline(args.threshold, color="grey", ls=":", lw=1, label=f"return {args.threshold:g}")
     ax.set_xlabel("environment steps")
     ax.set_ylabel(f"evaluation return ({args.eval_episodes} episodes, deterministic)")
     ax.set_title(f"{args.env}: mean over seeds, band = min..max")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center left", fontsize=8)
     fig.tight_layout()
     path = Path(args.figures) / f"learning_{slug(args.env)}.png"
     path.parent.mkdir(parents=True, exist_ok=True)

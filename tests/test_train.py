@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Small networks, a short warm-up, evaluation only at step 0 and at the end.
 TINY = dict(actor_hidden=(16, 16), critic_hidden=(16, 16), batch_size=32, warmup_steps=100, eval_episodes=1, log_every=50)
 TINY_FLAGS = ["--actor-hidden", "16,16", "--critic-hidden", "16,16", "--batch-size", "32", "--warmup-steps", "50",
-              "--eval-episodes", "1", "--eval-every", "1000000", "--log-every", "50", "--no-progress"]
+              "--eval-episodes", "1", "--eval-every", "1000000", "--log-every", "50", "--no-progress", "--threads", "1"]
 
 
 def train(env_id="InvertedPendulum-v5", algo="td3", total_steps=200, **kw):
