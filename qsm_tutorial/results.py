@@ -14,7 +14,9 @@ A run directory (written by :func:`qsm_tutorial.train`) holds:
   and length), ``train`` (mean update metrics since the last such row) or ``eval`` (an evaluation:
   mean, std, min, max return and mean length); an empty cell is a metric that event does not have.
   It holds no wall-clock numbers, so the same seed on the same machine writes the same bytes;
-- ``timing.csv``: wall-clock per ``train`` row (``elapsed_s``, ``steps_per_s``);
+- ``timing.csv``: wall-clock per ``train`` row: ``elapsed_s`` since the (re)start of the process,
+  ``steps_per_s`` env steps per second since the previous row, evaluation time left out (the
+  first row's window also holds the warm-up steps);
 - ``checkpoint.pt``: the latest checkpoint (networks, optimisers, replay buffer, RNG states).
 """
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import qsm_tutorial
-from qsm_tutorial import results
+from qsm_tutorial import envs, results
 from qsm_tutorial.algos.sac import SACAgent
 from qsm_tutorial.train import (
     CHECKPOINT_FORMAT,
@@ -75,18 +75,25 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 
 # ------------------------------------------------------------------------------ smoke and resume
+def smoke_env(env_id: str):
+    """An id, or for DMC an env object with 100-step episodes (the loop evaluates a deep copy):
+    a full 1000-step DMC evaluation would dominate the test's time."""
+    return envs.make(env_id, max_episode_steps=100) if env_id.startswith("dmc/") else env_id
+
+
 @pytest.mark.parametrize("env_id", ["InvertedPendulum-v5", "dmc/cartpole-balance"])
 @pytest.mark.parametrize("algo", ["qsm", "sac", "td3"])
 def test_each_algo_trains_writes_metrics_and_resumes_to_its_budget(tmp_path, algo, env_id):
-    run = train(env_id, algo, total_steps=160, run_dir=tmp_path, checkpoint_every=80)
+    run = train(smoke_env(env_id), algo, total_steps=160, run_dir=tmp_path, checkpoint_every=80)
     assert run.step == 160 and run.run_dir == str(tmp_path) and run.agent.n_updates == 160 - 100
     assert assert_run_dir_readable(tmp_path) == 160
     first = results.load_run(tmp_path)
-    assert first.config["algo"] == algo and first.config["env_id"] == env_id
-    assert list(first.events("eval")["step"]) == [0, 160]
+    given_id = {"dmc/cartpole-balance": "dm_control/cartpole-balance-v0"}.get(env_id, env_id)  # an env object's spec id
+    assert first.config["algo"] == algo and first.config["env_id"] == given_id
+    assert list(first.events("eval")["step"]) == [0, 160] and len(first.events("episode")["step"]) >= 1
     assert {"critic_loss", "actor_loss", "q_mean"} <= first.metrics.keys()
 
-    resumed = train(env_id, algo, total_steps=220, run_dir=tmp_path, resume=True)
+    resumed = train(smoke_env(env_id), algo, total_steps=220, run_dir=tmp_path, resume=True)
     assert resumed.step == 220 and resumed.agent.n_updates == 220 - 100
     assert assert_run_dir_readable(tmp_path) == 220
     steps = results.load_run(tmp_path).metrics["step"]
