@@ -1,0 +1,251 @@
+"""The diffusion policy: noise schedules, the denoiser network, and the samplers.
+
+Notation (DDPM, noise-prediction form). Step indices run t = 0 … T−1 (index t is the paper's step
+t+1). With β_t the noise added at step t, α_t = 1 − β_t and ᾱ_t = ∏_{j≤t} α_j:
+
+    forward (noising):   a_t = √ᾱ_t · a_0 + √(1 − ᾱ_t) · z,             z ~ N(0, I)
+    reverse (one step):  a_{t−1} = (a_t − β_t / √(1 − ᾱ_t) · ε_θ(s, a_t, t)) / √α_t + √β_t · τ · z
+
+The network ε_θ predicts the noise; −ε_θ / √(1 − ᾱ_t) is the score ∇ₐ log p_t(a | s). QSM trains
+ε_θ so that every reverse step moves *up* the critic's action-gradient (see ``algos/qsm.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+# ----------------------------------------------------------------------------------------------
+# Noise schedules
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """The β_t of a T-step diffusion, with α_t = 1 − β_t and ᾱ_t = ∏_{j≤t} α_j (t = 0 … T−1)."""
+
+    betas: Tensor
+
+    @property
+    def T(self) -> int:
+        return int(self.betas.shape[0])
+
+    @property
+    def alphas(self) -> Tensor:
+        return 1.0 - self.betas
+
+    @property
+    def alphas_bar(self) -> Tensor:
+        return torch.cumprod(self.alphas, dim=0)
+
+    @property
+    def sigmas(self) -> Tensor:
+        """√(1 − ᾱ_t): the standard deviation of the noise in a_t."""
+        return torch.sqrt(1.0 - self.alphas_bar)
+
+    @classmethod
+    def vp(cls, T: int, beta_min: float = 0.1, beta_max: float = 10.0) -> "NoiseSchedule":
+        """The variance-preserving schedule of the QSM code (its default, b_min 0.1, b_max 10).
+
+        β_i = 1 − exp(−b_min/T − ½(b_max − b_min)(2i − 1)/T²),  i = 1 … T.
+        """
+        _check_T(T)
+        i = torch.arange(1, T + 1, dtype=torch.float64)
+        betas = 1.0 - torch.exp(-beta_min / T - 0.5 * (beta_max - beta_min) * (2 * i - 1) / T**2)
+        return cls(betas.float())
+
+    @classmethod
+    def cosine(cls, T: int, s: float = 0.008) -> "NoiseSchedule":
+        """The cosine schedule of Nichol & Dhariwal: ᾱ(t) ∝ cos²((t/T + s)/(1 + s) · π/2), β ≤ 0.999."""
+        _check_T(T)
+        x = torch.linspace(0, T, T + 1, dtype=torch.float64)
+        f = torch.cos((x / T + s) / (1 + s) * math.pi / 2) ** 2
+        betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+        return cls(betas.float())
+
+    @classmethod
+    def linear(cls, T: int, beta_start: float = 1e-4, beta_end: float = 2e-2) -> "NoiseSchedule":
+        """β linear from ``beta_start`` to ``beta_end`` (the original DDPM schedule, meant for T ≈ 1000)."""
+        _check_T(T)
+        return cls(torch.linspace(beta_start, beta_end, T, dtype=torch.float64).float())
+
+    @classmethod
+    def from_name(cls, name: str, T: int) -> "NoiseSchedule":
+        """``"vp"``, ``"cosine"`` or ``"linear"`` with T steps."""
+        makers = {"vp": cls.vp, "cosine": cls.cosine, "linear": cls.linear}
+        if name not in makers:
+            raise ValueError(f"unknown noise schedule {name!r}; choose one of {sorted(makers)}")
+        return makers[name](T)
+
+    def to(self, device: torch.device | str) -> "NoiseSchedule":
+        return NoiseSchedule(self.betas.to(device))
+
+
+def _check_T(T: int) -> None:
+    if not isinstance(T, int) or T < 1:
+        raise ValueError(f"the number of diffusion steps T must be a positive integer, got {T!r}")
+
+
+def add_noise(schedule: NoiseSchedule, a0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    """Forward noising q(a_t | a_0):  a_t = √ᾱ_t · a_0 + √(1 − ᾱ_t) · z.
+
+    ``t`` holds one step index per row of ``a0`` (shape [B]); ``noise`` has the shape of ``a0``.
+    """
+    abar = schedule.alphas_bar.to(a0.device)[t].unsqueeze(-1)
+    return abar.sqrt() * a0 + (1.0 - abar).sqrt() * noise
+
+
+# ----------------------------------------------------------------------------------------------
+# The denoiser ε_θ(s, a_t, t)
+# ----------------------------------------------------------------------------------------------
+class FourierTimeFeatures(nn.Module):
+    """Learnable Fourier features of the integer step t: [cos 2πtW, sin 2πtW], W ~ N(0, σ²) at init."""
+
+    def __init__(self, n_frequencies: int = 32, init_std: float = 0.2):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(n_frequencies) * init_std)
+
+    def forward(self, t: Tensor) -> Tensor:
+        angles = 2 * math.pi * t.float().unsqueeze(-1) * self.W  # t is the raw index, not t/T
+        return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+def mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
+    """Linear layers of the given sizes with ``activation`` between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+def xavier_init_(module: nn.Module) -> nn.Module:
+    """Xavier-uniform weights and zero biases for every Linear layer (as the QSM code does)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return module
+
+
+class Denoiser(nn.Module):
+    """ε_θ(s, a_t, t): the noise-prediction network of the QSM code.
+
+    t → Fourier features (32 frequencies → 64) → 128 → Mish → 128; then
+    [a_t, s, time features] → hidden → Mish → hidden → Mish → |A| (linear output, no layer norm).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: tuple[int, ...] = (512, 512),
+        time_hidden: int = 128,
+        n_frequencies: int = 32,
+    ):
+        super().__init__()
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.time_features = FourierTimeFeatures(n_frequencies)
+        self.time_mlp = mlp([2 * n_frequencies, time_hidden, time_hidden], nn.Mish)
+        self.net = mlp([act_dim + obs_dim + time_hidden, *hidden, act_dim], nn.Mish)
+        xavier_init_(self.time_mlp)
+        xavier_init_(self.net)
+
+    def forward(self, obs: Tensor, a_t: Tensor, t: Tensor) -> Tensor:
+        time = self.time_mlp(self.time_features(t))
+        return self.net(torch.cat([a_t, obs, time], dim=-1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Samplers
+# ----------------------------------------------------------------------------------------------
+def ddpm_step(
+    schedule: NoiseSchedule,
+    eps: Tensor,
+    a_t: Tensor,
+    t: int,
+    noise: Tensor,
+    temperature: float = 1.0,
+    clip: float | None = 1.0,
+) -> Tensor:
+    """One ancestral reverse step, as in the QSM code:
+
+        a_{t−1} = (a_t − β_t / √(1 − ᾱ_t) · ε) / √α_t  +  [t > 0] · √β_t · τ · z,
+
+    then clipped to [−clip, clip]. Note the added noise has variance β_t (not the DDPM posterior
+    variance), which is what the authors' code uses.
+    """
+    beta, alpha, abar = schedule.betas[t], schedule.alphas[t], schedule.alphas_bar[t]
+    a = (a_t - beta / torch.sqrt(1 - abar) * eps) / torch.sqrt(alpha)
+    if t > 0:
+        a = a + torch.sqrt(beta) * temperature * noise
+    if clip is not None:
+        a = a.clamp(-clip, clip)
+    return a
+
+
+def ddpm_sample(
+    denoiser: Callable[[Tensor, Tensor, Tensor], Tensor],
+    schedule: NoiseSchedule,
+    obs: Tensor,
+    act_dim: int,
+    temperature: float = 1.0,
+    clip: float | None = 1.0,
+    generator: torch.Generator | None = None,
+    return_chain: bool = False,
+) -> Tensor | tuple[Tensor, list[Tensor]]:
+    """Ancestral DDPM sampling: a_T ~ N(0, I), then ``ddpm_step`` for t = T−1 … 0, one action per
+    row of ``obs``. With ``return_chain`` also returns the list [a_T, …, a_0] (for plots)."""
+    B, device = obs.shape[0], obs.device
+    a = torch.randn(B, act_dim, generator=generator, device=device)
+    chain = [a]
+    for t in reversed(range(schedule.T)):
+        t_batch = torch.full((B,), t, dtype=torch.long, device=device)
+        eps = denoiser(obs, a, t_batch)
+        noise = torch.randn(B, act_dim, generator=generator, device=device)
+        a = ddpm_step(schedule, eps, a, t, noise, temperature, clip)
+        chain.append(a)
+    if clip is not None:
+        a = a.clamp(-clip, clip)
+    return (a, chain) if return_chain else a
+
+
+def langevin_sample(
+    score: Callable[[Tensor], Tensor],
+    a0: Tensor,
+    step_size: float = 1e-3,
+    n_steps: int = 200,
+    clip: float | None = 1.0,
+    generator: torch.Generator | None = None,
+    return_chain: bool = False,
+) -> Tensor | tuple[Tensor, list[Tensor]]:
+    """Unadjusted Langevin dynamics with drift ``score(a)`` (for example α∇ₐQ):
+
+        a ← a + η · score(a) + √(2η) · z
+
+    whose stationary density is ∝ exp(∫score), e.g. exp(α·Q)/Z, up to an O(η) bias. With ``clip``
+    the chain is reflected at the box's faces, so the box is the support (reflection, unlike
+    clipping, keeps the stationary density uniform-correct at the boundary).
+    """
+    a = a0.clone()
+    chain = [a]
+    noise_scale = math.sqrt(2 * step_size)
+    for _ in range(n_steps):
+        z = torch.randn(a.shape, generator=generator, device=a.device)
+        a = a + step_size * score(a) + noise_scale * z
+        if clip is not None:
+            a = reflect_into_box(a, clip)
+        if return_chain:
+            chain.append(a)
+    return (a, chain) if return_chain else a
+
+
+def reflect_into_box(a: Tensor, bound: float = 1.0) -> Tensor:
+    """Reflect points at the faces of [−bound, bound]^d (folding any overshoot back inside)."""
+    period = 4 * bound
+    x = torch.remainder(a + bound, period)  # in [0, 4b)
+    return torch.where(x > 2 * bound, period - x, x) - bound
