@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from contextlib import contextmanager
-from dataclasses import field
+from dataclasses import field, replace
 from typing import Any, Iterator
 
 import torch
@@ -75,3 +75,26 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
         yield module
     finally:
         module.requires_grad_(True)
+
+
+def apply_preset(config_cls, presets: dict[str, dict], name: str, algo: str, overrides: dict):
+    """``config_cls`` with the named preset's deviations from the paper, then ``overrides``."""
+    if name not in presets:
+        raise ValueError(f"unknown {algo} preset {name!r}; choose one of {sorted(presets)}")
+    return replace(config_cls(), **{**presets[name], **overrides})
+
+
+class Checkpointable:
+    """``state_dict`` / ``load_state_dict`` over the modules and optimisers named in ``checkpoint_parts``
+    (all tensors and primitives, so checkpoints load with ``torch.load(weights_only=True)``)."""
+
+    checkpoint_parts: tuple[str, ...] = ()
+    n_updates: int = 0
+
+    def state_dict(self) -> dict:
+        return {**{name: getattr(self, name).state_dict() for name in self.checkpoint_parts}, "n_updates": self.n_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.checkpoint_parts:
+            getattr(self, name).load_state_dict(state[name])
+        self.n_updates = int(state["n_updates"])

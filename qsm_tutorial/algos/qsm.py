@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from torch import Tensor
 from ..diffusion import Denoiser, NoiseSchedule, add_noise, ddpm_sample, langevin_sample
 from ..replay import Batch
 from . import fast
-from .common import TwinCritic, critic_loss, critic_target, doc, polyak_update, resolve_device
+from .common import Checkpointable, TwinCritic, apply_preset, critic_loss, critic_target, doc, polyak_update, resolve_device
 
 
 @dataclass
@@ -78,9 +78,7 @@ class QSMConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> "QSMConfig":
         """Named deviations from the paper, each chosen by measurement (see ``PRESETS``)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown QSM preset {name!r}; choose one of {sorted(PRESETS)}")
-        return replace(cls(), **{**PRESETS[name], **overrides})
+        return apply_preset(cls, PRESETS, name, "QSM", overrides)
 
 
 # Deviations from the paper, by purpose. "paper" is the faithful setting.
@@ -134,10 +132,11 @@ def actor_loss(eps_pred: Tensor, target: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 # The agent
 # ----------------------------------------------------------------------------------------------
-class QSMAgent:
+class QSMAgent(Checkpointable):
     """A diffusion policy ε_θ and twin critics, updated by ``update(batch)``."""
 
     algo = "qsm"
+    checkpoint_parts = ('actor', 'critic', 'critic_target', 'actor_opt', 'critic_opt', 'actor_sched')
 
     def __init__(self, obs_dim: int, act_dim: int, config: QSMConfig | None = None):
         self.config = cfg = config or QSMConfig()
@@ -247,24 +246,3 @@ class QSMAgent:
         self.actor_opt.step()
         self.actor_sched.step()
         return {"actor_loss": loss.item(), "grad_q_norm": g.norm(dim=-1).mean().item()}
-
-    # -- checkpoints -----------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
-            "actor_sched": self.actor_sched.state_dict(),
-            "n_updates": self.n_updates,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.actor_sched.load_state_dict(state["actor_sched"])
-        self.n_updates = int(state["n_updates"])

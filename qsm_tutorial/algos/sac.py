@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..diffusion import mlp, xavier_init_
 from ..replay import Batch
-from .common import TwinCritic, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
+from .common import Checkpointable, TwinCritic, apply_preset, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
 
 # The clip range of log σ in the authors' Gaussian head (jaxrl5's Normal: -20, 2).
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -62,9 +62,7 @@ class SACConfig:
     @classmethod
     def preset(cls, name: str, **overrides) -> "SACConfig":
         """Named deviations from the paper (see ``PRESETS``)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown SAC preset {name!r}; choose one of {sorted(PRESETS)}")
-        return replace(cls(), **{**PRESETS[name], **overrides})
+        return apply_preset(cls, PRESETS, name, "SAC", overrides)
 
 
 # Deviations from the paper, by purpose. "paper" is the faithful setting.
@@ -140,10 +138,11 @@ class TanhGaussianActor(nn.Module):
         return torch.tanh(u), tanh_gaussian_log_prob(u, mean, log_std)
 
 
-class SACAgent:
+class SACAgent(Checkpointable):
     """A tanh-Gaussian policy, twin critics and a learned temperature, updated by ``update(batch)``."""
 
     algo = "sac"
+    checkpoint_parts = ('actor', 'critic', 'critic_target', 'actor_opt', 'critic_opt', 'alpha_opt')
 
     def __init__(self, obs_dim: int, act_dim: int, config: SACConfig | None = None):
         self.config = cfg = config or SACConfig()
@@ -224,24 +223,9 @@ class SACAgent:
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "log_alpha": self.log_alpha.detach().clone(),
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
-            "alpha_opt": self.alpha_opt.state_dict(),
-            "n_updates": self.n_updates,
-        }
+        return {**super().state_dict(), "log_alpha": self.log_alpha.detach().clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
+        super().load_state_dict(state)
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.alpha_opt.load_state_dict(state["alpha_opt"])
-        self.n_updates = int(state["n_updates"])

@@ -21,7 +21,7 @@ critic step is the same up to how a′ is drawn; QSM has no target actor.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..diffusion import mlp, xavier_init_
 from ..replay import Batch
-from .common import TwinCritic, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
+from .common import Checkpointable, TwinCritic, apply_preset, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
 
 
 @dataclass
@@ -58,9 +58,7 @@ class TD3Config:
     @classmethod
     def preset(cls, name: str, **overrides) -> "TD3Config":
         """Named deviations from the paper (see ``PRESETS``)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown TD3 preset {name!r}; choose one of {sorted(PRESETS)}")
-        return replace(cls(), **{**PRESETS[name], **overrides})
+        return apply_preset(cls, PRESETS, name, "TD3", overrides)
 
 
 # Deviations from the paper, by purpose. "paper" is the faithful setting.
@@ -108,10 +106,11 @@ class DeterministicActor(nn.Module):
         return torch.tanh(self.net(obs))
 
 
-class TD3Agent:
+class TD3Agent(Checkpointable):
     """A deterministic policy with a target copy and twin critics, updated by ``update(batch)``."""
 
     algo = "td3"
+    checkpoint_parts = ('actor', 'actor_target', 'critic', 'critic_target', 'actor_opt', 'critic_opt')
 
     def __init__(self, obs_dim: int, act_dim: int, config: TD3Config | None = None):
         self.config = cfg = config or TD3Config()
@@ -180,24 +179,3 @@ class TD3Agent:
         loss.backward()
         self.actor_opt.step()
         return {"actor_loss": loss.item()}
-
-    # -- checkpoints -----------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "actor": self.actor.state_dict(),
-            "actor_target": self.actor_target.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
-            "n_updates": self.n_updates,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.actor_target.load_state_dict(state["actor_target"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.n_updates = int(state["n_updates"])
