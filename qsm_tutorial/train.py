@@ -678,6 +678,8 @@ def build_parser(algo: str) -> argparse.ArgumentParser:
     run.add_argument("--env", help="env id: dmc/cartpole-swingup, InvertedPendulum-v5, bandit/four-gaussians, ...")
     run.add_argument("--total-steps", type=int, help="env steps (default: 1500 for bandits, 100000 otherwise)")
     run.add_argument("--seed", type=int, help="the run's one seed (default: 0)")
+    run.add_argument("--seeds", type=_seed_list, help="several seeds side by side in one process, e.g. 0,1,2,3 "
+                     "(QSM's networks are stacked; seed k is written to <run-dir>/seed<k>, bit-for-bit a --seed k run)")
     run.add_argument("--run-dir", help="where the run is written (default: runs/<env>/<algo>/seed<seed>)")
     run.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint, with its saved config")
     run.add_argument("--force", action="store_true", help="start over in a run dir that holds a run; with --resume, accept a changed config")
@@ -686,6 +688,17 @@ def build_parser(algo: str) -> argparse.ArgumentParser:
     add_config_arguments(parser, LoopConfig, "loop")
     add_config_arguments(parser, algos.get(algo)[1], f"{algo} config")
     return parser
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    """``"0,1,2,3"`` → (0, 1, 2, 3), for ``--seeds``."""
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2,3, got {text!r}") from None
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be distinct non-negative integers, got {text!r}")
+    return seeds
 
 
 def default_run_dir(env_id: str, algo: str, seed: int) -> Path:
@@ -723,11 +736,27 @@ def parse_cli(argv: list[str] | None = None) -> dict:
                 args[arg] = saved[key]
     if args["env"] is None:
         raise RunDirError("--env is required (or --run-dir with --resume)")
-    if args["seed"] is None:
-        args["seed"] = 0
     threads = args.pop("threads")
     if threads:
         torch.set_num_threads(threads)
+    seeds = args.pop("seeds")
+    if seeds is not None:
+        if args["resume"] or args["seed"] is not None:
+            raise RunDirError("--seeds starts new runs side by side; to continue one of them use "
+                              "--run-dir <run-dir>/seed<k> --resume (and --seed for a single run)")
+        run_root = args.pop("run_dir") or default_run_dir(args["env"], args["algo"], 0).parent
+        return dict(
+            env_id=args.pop("env"),
+            algo=args.pop("algo"),
+            seeds=seeds,
+            total_steps=args.pop("total_steps"),
+            run_root=run_root,
+            force=args.pop("force"),
+            progress=not args.pop("no_progress"),
+            **{k: v for k, v in args.items() if k not in ("resume", "seed")},
+        )
+    if args["seed"] is None:
+        args["seed"] = 0
     run_dir = args.pop("run_dir") or default_run_dir(args["env"], args["algo"], args["seed"])
     return dict(
         env_or_id=args.pop("env"),
@@ -746,7 +775,12 @@ def main(argv: list[str] | None = None) -> int:
     """``qsm-train``: 0 when the budget is reached, 2 on an error (one line on stderr), 128 + the
     signal number when SIGINT/SIGTERM stopped the run (after a checkpoint)."""
     try:
-        run = train(**parse_cli(argv))
+        kwargs = parse_cli(argv)
+        if "seeds" in kwargs:
+            from .multiseed import train_seeds  # multiseed imports this module
+
+            return _report(train_seeds(**kwargs))
+        run = train(**kwargs)
     except KeyboardInterrupt:
         print("interrupted before a checkpoint could be written; --resume continues from the last one", file=sys.stderr)
         return 130
@@ -757,9 +791,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped by {run.stop_reason} at step {run.step}; checkpoint saved in {run.run_dir}; "
               "continue with --resume", file=sys.stderr)
         return 128 + signal.Signals[run.stop_reason].value
-    steps, returns = run.metric("eval_return")
-    final = f"eval return {returns[-1]:.1f}" if len(returns) else "no evaluation"
-    print(f"{run.agent.algo} on {run.env_id}, seed {run.seed}: {run.step} steps, {final}; run dir {run.run_dir}")
+    return _report([run])
+
+
+def _report(runs: list[Run]) -> int:
+    """One line per finished run: the CLI's summary."""
+    for run in runs:
+        steps, returns = run.metric("eval_return")
+        final = f"eval return {returns[-1]:.1f}" if len(returns) else "no evaluation"
+        print(f"{run.agent.algo} on {run.env_id}, seed {run.seed}: {run.step} steps, {final}; run dir {run.run_dir}")
     return 0
 
 

@@ -103,6 +103,29 @@ def test_bad_seeds_are_refused():
         train_seeds("bandit/ring", seeds=(1, 1))
 
 
+def test_cli_seeds_writes_each_seed_as_its_single_seed_run(tmp_path, capsys):
+    from qsm_tutorial.train import main
+
+    flags = ["--env", "bandit/ring", "--total-steps", "60", "--warmup-steps", "30", "--batch-size", "8",
+             "--actor-hidden", "8,8", "--critic-hidden", "8,8", "--langevin-steps", "3", "--eval-episodes", "1",
+             "--no-progress"]  # fmt: skip
+    assert main([*flags, "--seeds", "1,0", "--run-dir", str(tmp_path / "multi")]) == 0
+    assert main([*flags, "--seed", "1", "--run-dir", str(tmp_path / "single")]) == 0
+    assert capsys.readouterr().out.count("steps, eval return") == 3
+    multi, single = (tmp_path / "multi" / "seed1" / "metrics.csv").read_bytes(), (tmp_path / "single" / "metrics.csv").read_bytes()
+    assert multi == single and (tmp_path / "multi" / "seed0" / "metrics.csv").read_bytes() != multi
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "0,1", "--resume"], ["--seeds", "0,1", "--seed", "2"]])
+def test_cli_seeds_refuses_resume_and_a_single_seed(argv, capsys, tmp_path):
+    from qsm_tutorial.train import main
+
+    assert main(["--env", "bandit/ring", "--run-dir", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--seeds starts new runs" in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_replay_buffer_for_a_million_cheetah_steps_is_under_250_mb():
     buf = ReplayBuffer(17, 6, 1_000_000)  # dmc/cheetah-run: 17-D observations, 6-D actions
     assert buf.nbytes == 1_000_000 * (2 * 17 + 6 + 2) * 4  # float32, allocated once

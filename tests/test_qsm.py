@@ -95,3 +95,23 @@ def test_faithful_ddpm_sampler_piles_samples_onto_the_corners():
     samples = run.agent.sample_actions(np.zeros(1), 2000)
     at_corner = float((samples.abs() > 0.99).all(dim=1).float().mean())
     assert at_corner > 0.9 and sum(mode_shares(samples, env.modes)) < 0.05
+
+
+def test_action_candidates_take_the_critics_best_sample():
+    """With N candidates, act() returns, per state, the policy sample with the highest min(Q₁, Q₂)."""
+    agent = QSMAgent(3, 2, QSMConfig(device="cpu", actor_hidden=(16, 16), critic_hidden=(16, 16), action_candidates=8))
+    agent.critic = lambda obs, a: torch.stack([a[:, 0], a[:, 0] + a[:, 1]])  # min = a₀ unless a₁ < 0
+    obs = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    torch.manual_seed(1)
+    chosen = agent.act(obs, deterministic=True)
+    torch.manual_seed(1)
+    candidates = agent.sample(torch.as_tensor(obs).repeat_interleave(8, dim=0)).view(50, 8, 2)
+    q = torch.minimum(candidates[..., 0], candidates.sum(-1))
+    expected = candidates[torch.arange(50), q.argmax(1)]
+    np.testing.assert_array_equal(chosen, expected.numpy())
+    assert not np.array_equal(chosen, candidates[:, 0].numpy())  # not just the first sample
+
+
+def test_action_candidates_must_be_positive():
+    with pytest.raises(ValueError, match="action_candidates"):
+        QSMConfig(action_candidates=0)

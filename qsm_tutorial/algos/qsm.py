@@ -64,6 +64,7 @@ class QSMConfig:
     sampler: str = doc("ddpm", "how actions are drawn: ddpm (paper) or langevin (learned score as Langevin drift)")
     langevin_steps: int = doc(100, "Langevin steps per sample when sampler=langevin")
     langevin_step_size: float = doc(2e-3, "Langevin step size eta when sampler=langevin")
+    action_candidates: int = doc(1, "act() draws this many policy samples per state and takes the one the critics rate highest (1 = paper: a single sample)")
     warmup_steps: int = doc(10_000, "uniform-random actions before learning starts (paper: 10000)")
     buffer_size: int = doc(1_000_000, "replay buffer capacity (paper: 1e6)")
     device: str = doc("auto", "torch device: auto (CUDA if present), cpu or cuda")
@@ -72,6 +73,8 @@ class QSMConfig:
     def __post_init__(self):
         if self.sampler not in ("ddpm", "langevin"):
             raise ValueError(f"sampler must be 'ddpm' or 'langevin', got {self.sampler!r}")
+        if self.action_candidates < 1:
+            raise ValueError(f"action_candidates must be >= 1, got {self.action_candidates}")
         if self.alpha <= 0:
             raise ValueError(f"alpha must be > 0 (it is an inverse temperature), got {self.alpha}")
 
@@ -175,6 +178,19 @@ class QSMAgent(Checkpointable):
             )
         return ddpm_sample(self.actor, self.schedule, obs, self.act_dim, self.config.temperature)
 
+    @torch.no_grad()
+    def best_of_candidates(self, obs: Tensor) -> Tensor:
+        """``sample``, but with ``action_candidates`` = N > 1 draw N samples per row of ``obs`` and
+        keep the one with the highest min(Q₁, Q₂): the critic picks among the policy's proposals."""
+        n = self.config.action_candidates
+        if n == 1:
+            return self.sample(obs)
+        rows = obs.repeat_interleave(n, dim=0)
+        candidates = self.sample(rows)
+        q = self.critic(rows, candidates).min(dim=0).values.view(obs.shape[0], n)
+        best = q.argmax(dim=1)
+        return candidates.view(obs.shape[0], n, -1)[torch.arange(obs.shape[0], device=obs.device), best]
+
     def _noisy(self, actions: Tensor, std: float) -> Tensor:
         return (actions + std * torch.randn_like(actions)).clamp(-1.0, 1.0)
 
@@ -184,7 +200,7 @@ class QSMAgent(Checkpointable):
         noise; the DDPM sample itself stays stochastic, as in the paper's evaluation."""
         obs_t = torch.as_tensor(np.asarray(obs, np.float32), device=self.device)
         single = obs_t.ndim == 1
-        a = self.sample(obs_t.reshape(-1, self.obs_dim))
+        a = self.best_of_candidates(obs_t.reshape(-1, self.obs_dim))
         if not deterministic:
             a = self._noisy(a, self.config.exploration_noise)
         a = a.cpu().numpy()
