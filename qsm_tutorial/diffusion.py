@@ -214,6 +214,21 @@ def ddpm_sample(
     return (a, chain) if return_chain else a
 
 
+def gaussian_prior_eps(schedule: NoiseSchedule, a_t: Tensor, t: Tensor, prior_std: float) -> Tensor:
+    """ε of a Gaussian prior N(0, σ²) at noise level t:  √(1−ᾱ_t) · a_t / (ᾱ_t σ² + 1 − ᾱ_t).
+
+    a_t = √ᾱ_t a + √(1−ᾱ_t) z with a ~ N(0, σ²) is N(0, ᾱ_t σ² + 1 − ᾱ_t), whose score is
+    −a_t / (ᾱ_t σ² + 1 − ᾱ_t), and ε = −√(1−ᾱ_t) · score. Added to −α∇ₐQ it makes the target the
+    ε of prior · exp(αQ) (exactly so where Q is linear in a): the term that pulls each reverse step
+    back toward 0, which QSM's target lacks (``QSMConfig.prior_std``; σ = 0 gives zeros). Shapes:
+    a_t [..., B, A], t [..., B].
+    """
+    if prior_std == 0:
+        return torch.zeros_like(a_t)
+    abar = schedule.alphas_bar[t].unsqueeze(-1)
+    return (1 - abar).sqrt() * a_t / (abar * prior_std**2 + 1 - abar)
+
+
 def langevin_sample(
     score: Callable[[Tensor], Tensor],
     a0: Tensor,

@@ -78,7 +78,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5, progre
 # ----------------------------------------------------------------------------------------------
 # 1. The notebook, in smoke mode, in a temporary directory
 # ----------------------------------------------------------------------------------------------
-def prepare_notebook(src: Path, workdir: Path) -> Path:
+def prepare_notebook(src: Path, workdir: Path, figures: Path) -> Path:
     import nbformat
     from papermill.parameterize import parameterize_notebook
 
@@ -87,8 +87,7 @@ def prepare_notebook(src: Path, workdir: Path) -> Path:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     nb.metadata.pop("widgets", None)
-    figures = workdir / "figures"
-    figures.mkdir()
+    figures.mkdir(exist_ok=True)
     nb.metadata["papermill"] = {}  # parameterize_notebook records the parameters there
     nb = parameterize_notebook(nb, {"smoke": True, "figures_dir": str(figures)}, kernel_name="python3", language="python")
     nb.metadata.pop("papermill", None)
@@ -120,20 +119,21 @@ def lab_settings(settings_dir: Path) -> None:
 
 
 class Lab:
-    def __init__(self, workdir: Path, log_path: Path):
-        self.workdir, self.log_path = workdir, log_path
+    def __init__(self, workdir: Path, state: Path):
+        self.workdir, self.state, self.log_path = workdir, state, state / "jupyterlab.log"
         self.port, self.token = free_port(), secrets.token_hex(16)
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        state = self.workdir / ".jupyter-state"
+        state = self.state
         lab_settings(state / "lab-settings")
         bin_dir = str(Path(sys.executable).parent)
         env = dict(os.environ)
         env.update(
             PATH=os.pathsep.join([bin_dir, env.get("PATH", "")]),
             JUPYTER_CONFIG_DIR=str(state / "config"),
+            JUPYTER_DATA_DIR=str(state / "data"),  # (the notebook-signing key); kernels: the environment's own
             JUPYTER_RUNTIME_DIR=str(state / "runtime"),
             JUPYTERLAB_SETTINGS_DIR=str(state / "lab-settings"),
             JUPYTERLAB_WORKSPACES_DIR=str(state / "workspaces"),
@@ -150,7 +150,6 @@ class Lab:
             "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={self.token}",
             f"--ServerApp.root_dir={self.workdir}",
-            "--LabApp.expose_app_in_browser=True",  # to read the kernel's status from the page
             "--LabApp.extension_manager=readonly",  # no look-ups on PyPI
         ]  # fmt: skip
         if hasattr(os, "geteuid") and os.geteuid() == 0:
@@ -217,7 +216,7 @@ def start_browser(chromium: str, chromedriver: str, profile: Path, log_path: Pat
     for arg in [
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,1100",
+        "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,1250",
         "--force-device-scale-factor=1", "--hide-scrollbars",
     ]:  # fmt: skip
         opts.add_argument(arg)
@@ -234,10 +233,11 @@ return Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-Input
             .map(e => e.textContent.trim());
 """
 
+# The notebook toolbar's kernel indicator (the circle at its right end): idle, busy, starting, ...
 JS_KERNEL_STATUS = """
-const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
-return k ? k.status : null;
+const e = document.querySelector('.jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status]')
+          || document.querySelector('.jp-Notebook-ExecutionIndicator[data-status]');
+return e ? e.getAttribute('data-status') : null;
 """
 
 JS_ERRORS = """
@@ -286,9 +286,9 @@ def decode_png(src: str):
 def run_notebook(driver, lab: Lab, notebook: Path, timeout: float) -> None:
     from selenium.webdriver.common.by import By
 
+    n_code = sum(c["cell_type"] == "code" for c in json.loads(notebook.read_text())["cells"])
     driver.get(lab.url(notebook.name))
-    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell"), 120, "the notebook to open")
-    n_code = len(driver.execute_script(JS_PROMPTS))
+    wait_for(lambda: len(driver.execute_script(JS_PROMPTS)) == n_code, 120, f"the notebook to open (all {n_code} code cells in the page)")
     wait_for(lambda: driver.execute_script(JS_KERNEL_STATUS) == "idle", 120, "the kernel to start (status 'idle')")
     stage(f"notebook open, kernel idle ({n_code} code cells)")
 
@@ -299,9 +299,9 @@ def run_notebook(driver, lab: Lab, notebook: Path, timeout: float) -> None:
     )  # fmt: skip
     run_menu.click()
     item = wait_for(
-        lambda: driver.find_elements(By.CSS_SELECTOR, '.lm-Menu-item[data-command="notebook:run-all-cells"]'),
+        lambda: next((e for e in driver.find_elements(By.CSS_SELECTOR, ".lm-Menu-content > .lm-Menu-item") if e.text.split("\n")[0].strip() == "Run All Cells"), None),
         10, "'Run All Cells' in the Run menu",
-    )[0]  # fmt: skip
+    )  # fmt: skip
     item.click()
     stage("clicked Run > Run All Cells")
 
@@ -324,7 +324,7 @@ def run_notebook(driver, lab: Lab, notebook: Path, timeout: float) -> None:
     stage(f"all cells ran without errors ({progress()})")
 
 
-def move_slider(driver, out: Path, screenshot) -> None:
+def move_slider(driver, out: Path, screenshot, slider_input: str = "drag") -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
@@ -337,16 +337,21 @@ def move_slider(driver, out: Path, screenshot) -> None:
     ex["box"].screenshot(str(out / "browser_explorer_plot_before.png"))
     stage(f"explorer found: 'updates' slider at {readout0!r}, figure {before.shape[1]}x{before.shape[0]} px")
 
-    # A user's drag of the handle to the left (continuous_update=False: the value is sent on release).
-    width = ex["track"].size["width"]
-    ActionChains(driver).click_and_hold(ex["handle"]).pause(0.2).move_by_offset(-int(0.6 * width), 0).pause(0.2).release().perform()
+    # As a user would: drag the handle to the left end of its track (continuous_update=False: the
+    # value is sent on release), or focus the handle and press Home (noUiSlider's keyboard support).
     how = "dragged"
-    try:
-        wait_for(lambda: (plot_state(driver) or ("", readout0))[1] != readout0, 5, "the readout to change", interval=0.2)
-    except BrowserTestFailure:  # the drag did not move it: the keyboard, as a user could too
+    if slider_input == "drag":
+        width = ex["track"].size["width"]
+        ActionChains(driver).click_and_hold(ex["handle"]).pause(0.2).move_by_offset(-width, 0).pause(0.2).release().perform()
+        try:
+            wait_for(lambda: (plot_state(driver) or ("", readout0))[1] != readout0, 5, "the readout to change", interval=0.2)
+        except BrowserTestFailure:
+            slider_input = "keys"  # the drag did not move it: the keyboard, as a user could too
+    if slider_input == "keys":
         ex = explorer(driver)
-        ex["handle"].send_keys(Keys.ARROW_LEFT * 3)
-        how = "moved with the arrow keys"
+        ex["handle"].click()
+        ex["handle"].send_keys(Keys.HOME)
+        how = "moved (Home key)"
     stage(f"{how} the 'updates' slider")
 
     def new_image():
@@ -378,12 +383,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed for running every cell (default 600)")
     p.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))
     p.add_argument("--chromedriver", default=os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
+    p.add_argument("--slider-input", choices=["drag", "keys"], default="drag", help="drag the handle with the mouse (default; the keyboard if that fails) or press Home on it")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (notebook, server and driver logs)")
     args = p.parse_args(argv)
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="qsm-browser-"))
+    tmp = Path(tempfile.mkdtemp(prefix="qsm-browser-"))
+    workdir, state = tmp / "notebooks", tmp / "state"  # the server's root, and everything else
+    workdir.mkdir()
+    state.mkdir()
     lab = driver = None
     ok = False
 
@@ -391,15 +400,15 @@ def main(argv: list[str] | None = None) -> int:
         driver.save_screenshot(str(out / name))
 
     try:
-        notebook = prepare_notebook(args.notebook.resolve(), workdir)
+        notebook = prepare_notebook(args.notebook.resolve(), workdir, state / "figures")
         stage(f"prepared {notebook.name} (smoke=True) in {workdir}")
-        lab = Lab(workdir, workdir / "jupyterlab.log")
+        lab = Lab(workdir, state)
         lab.start()
         stage(f"JupyterLab answers on 127.0.0.1:{lab.port}")
-        driver = start_browser(args.chromium, args.chromedriver, workdir / "chromium-profile", workdir / "chromedriver.log")
+        driver = start_browser(args.chromium, args.chromedriver, state / "chromium-profile", state / "chromedriver.log")
         stage(f"headless Chromium {driver.capabilities.get('browserVersion', '?')} started")
         run_notebook(driver, lab, notebook, args.timeout)
-        move_slider(driver, out, screenshot)
+        move_slider(driver, out, screenshot, args.slider_input)
         ok = True
     except Exception as e:  # noqa: BLE001 (every failure: report, clean up, exit 1)
         stage(f"FAILED: {type(e).__name__}: {e}")
@@ -422,9 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         if lab is not None:
             lab.stop()
         if args.keep_tmp:
-            print(f"  kept {workdir}")
+            print(f"  kept {tmp}")
         else:
-            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
         stage("browser, kernel and server shut down")
     if ok:
         shots = sorted(p.name for p in out.glob("browser_explorer_*.png"))

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..diffusion import NoiseSchedule, add_noise, reflect_into_box
+from ..diffusion import NoiseSchedule, add_noise, gaussian_prior_eps, reflect_into_box
 from ..replay import Batch
 from .common import critic_target
 
@@ -367,6 +367,7 @@ def actor_step(
     noised = add_noise(schedule, batch.action, t, z)
     g = twin_q_action_gradient(nets.critic, batch.obs, noised)
     target = q_score_target(g, config.alpha, config.normalize_q_grad) + config.denoise_weight * z
+    target = target + gaussian_prior_eps(schedule, noised, t, config.prior_std)
     eps = denoiser_eps_train(nets.actor, batch.obs, noised, t, schedule.T)
     loss = ((eps - target) ** 2).mean(dim=(1, 2))  # actor_loss, per seed
     optimizer.zero_grad(set_to_none=True)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..diffusion import Denoiser, NoiseSchedule, add_noise, ddpm_sample, langevin_sample
+from ..diffusion import Denoiser, NoiseSchedule, add_noise, ddpm_sample, gaussian_prior_eps, langevin_sample
 from ..replay import Batch
 from . import fast
 from .common import Checkpointable, TwinCritic, apply_preset, critic_loss, critic_target, doc, polyak_update, resolve_device
@@ -61,6 +61,7 @@ class QSMConfig:
     temperature: float = doc(1.0, "scale of the noise added in each DDPM reverse step (paper: 1.0)")
     normalize_q_grad: bool = doc(False, "divide grad_a Q by its batch-mean norm, so alpha no longer depends on the reward scale (paper: False)")
     denoise_weight: float = doc(0.0, "weight of the plain DDPM denoising target (the drawn noise z) added to the actor's target; 0 = paper")
+    prior_std: float = doc(0.0, "std of a Gaussian prior N(0, prior_std^2) whose noised score is added to the actor's target, so the policy is prior * exp(alpha Q): it holds DDPM samples inside the box (0 = paper: no prior)")
     sampler: str = doc("ddpm", "how actions are drawn: ddpm (paper) or langevin (learned score as Langevin drift)")
     langevin_steps: int = doc(100, "Langevin steps per sample when sampler=langevin")
     langevin_step_size: float = doc(2e-3, "Langevin step size eta when sampler=langevin")
@@ -73,6 +74,8 @@ class QSMConfig:
     def __post_init__(self):
         if self.sampler not in ("ddpm", "langevin"):
             raise ValueError(f"sampler must be 'ddpm' or 'langevin', got {self.sampler!r}")
+        if self.prior_std < 0:
+            raise ValueError(f"prior_std must be >= 0 (0 = no prior), got {self.prior_std}")
         if self.action_candidates < 1:
             raise ValueError(f"action_candidates must be >= 1, got {self.action_candidates}")
         if self.alpha <= 0:
@@ -255,7 +258,7 @@ class QSMAgent(Checkpointable):
         noised = add_noise(self.schedule, batch.action, t, noise)
         g = q_action_gradient(self.critic, batch.obs, noised)
         score_target = q_score_target(g, cfg.alpha, cfg.normalize_q_grad)
-        target = score_target + cfg.denoise_weight * noise
+        target = score_target + cfg.denoise_weight * noise + gaussian_prior_eps(self.schedule, noised, t, cfg.prior_std)
         loss = actor_loss(self.actor(batch.obs, noised, t), target)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
