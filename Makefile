@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export MUJOCO_GL ?= egl
 
-.PHONY: install lab test test-fast bench clean
+.PHONY: install lab test test-fast bench browser-test clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ test-fast: install  ## unit tests only (no notebooks, no slow training)
 
 bench: install  ## throughput benchmark (prints a table)
 	$(BIN)/python benchmarks/throughput.py
+
+browser-test: install  ## JupyterLab + headless Chromium run notebook 02 and move the explorer's slider (screenshots in figures/browser/)
+	bash scripts/install_browser.sh $(BIN)/python
+	$(BIN)/python scripts/browser_test.py --out figures/browser
 
 clean:
 	rm -rf $(VENV) .pytest_cache
