@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 
 from . import algos, envs
 from .algos.common import doc
+from .envs.bandits import Bandit2D
 from .replay import ReplayBuffer
 from .results import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, TIMING_FILE, read_csv
 
@@ -129,25 +130,29 @@ class Run:
         return np.array([h["step"] for h in rows]), np.array([h[key] for h in rows])
 
 
+PRESETS = ("paper", "bandit", "control")
+
+
 def preset_for(env_id: str) -> str:
-    """The config preset an env family trains with by default."""
-    return "bandit" if env_id.startswith("bandit/") else "paper"
+    """The config preset an env family trains with by default: "bandit" for the 2-D bandits (an
+    env object that is a ``Bandit2D`` has an id starting with ``bandit/`` here, see ``_make_envs``),
+    "control" for every other env. "paper" (the faithful settings) is always one flag away."""
+    return "bandit" if env_id.startswith("bandit/") else "control"
 
 
 # Env steps when ``total_steps`` is not given. Bandits: 1,500 one-step episodes keep all four modes
 # of bandit/four-gaussians (measured: 14-18 % each at 1,500 steps, 20-23 % at 2,000) in ~25 s on 2 cores.
-DEFAULT_TOTAL_STEPS = {"bandit": 1_500, "paper": 100_000}
+DEFAULT_TOTAL_STEPS = {"bandit": 1_500, "control": 100_000}
 
 
-def make_config(algo: str, env_id: str, **overrides):
+def make_config(algo: str, env_id: str, preset: str | None = None, **overrides):
+    """``algo``'s config: the named preset (default: the env family's, ``preset_for``), then ``overrides``."""
     _, config_cls = algos.get(algo)
     names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise TypeError(f"unknown {algo} config field(s) {unknown}; valid fields: {sorted(names)}")
-    if hasattr(config_cls, "preset"):
-        return config_cls.preset(preset_for(env_id), **overrides)
-    return config_cls(**overrides)
+    return config_cls.preset(preset or preset_for(env_id), **overrides)
 
 
 def seed_everything(seed: int) -> None:
@@ -445,6 +450,8 @@ def _make_envs(env_or_id: str | gym.Env, seed: int) -> tuple[gym.Env, gym.Env, s
     env.reset(seed=seed)
     env.action_space.seed(seed)
     env_id = getattr(env.spec, "id", None) or type(env.unwrapped).__name__
+    if isinstance(env.unwrapped, Bandit2D) and not env_id.startswith("bandit/"):
+        env_id = f"bandit/{env_id}"  # so that it trains with the bandit preset, as envs.make's bandits do
     return env, copy.deepcopy(env), env_id, False
 
 
@@ -506,14 +513,16 @@ def train(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    preset: str | None = None,
     **overrides,
 ) -> Run:
     """Train ``algo`` on an env for ``total_steps`` environment steps and return a :class:`Run`.
 
     ``overrides`` set fields of :class:`LoopConfig` (``eval_every``, ``updates_per_step``, ...) and
-    of the algorithm's config dataclass (for QSM, :class:`~qsm_tutorial.algos.qsm.QSMConfig`); the
-    algorithm defaults are the paper's, except for env families with a preset (bandits:
-    ``"bandit"``). Without ``total_steps`` the budget is the env family's ``DEFAULT_TOTAL_STEPS``.
+    of the algorithm's config dataclass (for QSM, :class:`~qsm_tutorial.algos.qsm.QSMConfig`), on
+    top of the ``preset``: by default the env family's (``"bandit"`` for bandits, ``"control"``
+    otherwise, see ``preset_for``); ``preset="paper"`` is the paper's configuration. Without
+    ``total_steps`` the budget is the env family's ``DEFAULT_TOTAL_STEPS``.
 
     With ``run_dir`` the run is written there (config, metrics, checkpoints; see the module doc).
     A folder that already holds a run is refused unless ``resume`` (continue from its checkpoint;
@@ -531,7 +540,7 @@ def train(
     seed_everything(seed)
     env, eval_env, env_id, made_here = _make_envs(env_or_id, seed)
     try:
-        config = make_config(algo, env_id, **overrides)
+        config = make_config(algo, env_id, preset, **overrides)
         total_steps = total_steps or DEFAULT_TOTAL_STEPS[preset_for(env_id)]
         agent_cls, _ = algos.get(algo)
         obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -669,7 +678,8 @@ def build_parser(algo: str) -> argparse.ArgumentParser:
         prog="qsm-train",
         description=(
             "Train QSM, SAC or TD3 on an env, writing config, metrics and checkpoints to a run directory. "
-            "Defaults are the paper's; bandit envs use each algorithm's 'bandit' preset. "
+            "Bandit envs use each algorithm's 'bandit' preset, other envs its 'control' preset; "
+            "--preset paper gives the paper's settings. "
             "`--algo sac --help` lists SAC's fields."
         ),
     )
@@ -684,6 +694,8 @@ def build_parser(algo: str) -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint, with its saved config")
     run.add_argument("--force", action="store_true", help="start over in a run dir that holds a run; with --resume, accept a changed config")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--preset", choices=PRESETS, help="named config: paper (the paper's), bandit or control "
+                     "(this package's deviations, documented with each algorithm's PRESETS; default: bandit for bandit/ envs, control otherwise)")
     run.add_argument("--threads", type=int, help="torch CPU threads; 1 is fastest for small networks on a busy machine (default: torch's)")
     add_config_arguments(parser, LoopConfig, "loop")
     add_config_arguments(parser, algos.get(algo)[1], f"{algo} config")

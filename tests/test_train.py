@@ -308,3 +308,30 @@ def test_load_runs_groups_seeds_into_a_band(tmp_path):
     np.testing.assert_allclose(band.low, [1.0, 3.0])
     np.testing.assert_allclose(band.high, [3.0, 5.0])
     np.testing.assert_allclose(band.std, [1.0, 1.0])
+
+
+def test_control_envs_default_to_the_control_preset_and_paper_is_one_flag_away():
+    from qsm_tutorial.algos.qsm import PRESETS, QSMConfig
+    from qsm_tutorial.train import make_config
+
+    assert make_config("qsm", "InvertedPendulum-v5") == QSMConfig.preset("control")
+    assert make_config("qsm", "InvertedPendulum-v5", "paper") == QSMConfig()
+    assert make_config("qsm", "bandit/ring") == QSMConfig.preset("bandit")
+    assert PRESETS["control"] and QSMConfig.preset("control") != QSMConfig()
+    run = train(algo="qsm", total_steps=110, preset="paper", actor_hidden=(8, 8))
+    assert run.config.alpha == 50 and run.config.prior_std == 0 and run.config.action_candidates == 1
+
+
+def test_a_bandit_env_object_trains_with_the_bandit_preset():
+    bandit = envs.make("bandit/single-peak")
+    run = qsm_tutorial.train(bandit.unwrapped, total_steps=5, progress=False, warmup_steps=5)
+    assert run.env_id.startswith("bandit/") and run.config.sampler == "langevin"
+
+
+def test_cli_preset_flag(tmp_path, capsys):
+    assert main(["--env", "InvertedPendulum-v5", "--preset", "paper", "--total-steps", "60",
+                 "--run-dir", str(tmp_path), *TINY_FLAGS]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "config.json").read_text())["agent"]["alpha"] == 50
+    with pytest.raises(SystemExit):  # argparse: "invalid choice: 'fast' (choose from paper, bandit, control)"
+        main(["--env", "InvertedPendulum-v5", "--preset", "fast"])
+    assert "invalid choice: 'fast'" in capsys.readouterr().err

@@ -64,6 +64,9 @@ class TD3Config:
 # Deviations from the paper, by purpose. "paper" is the faithful setting.
 PRESETS: dict[str, dict] = {
     "paper": {},
+    # Control tasks: the paper's baseline settings as they are (they learn InvertedPendulum-v5 and
+    # dmc/cartpole-balance within the budgets of benchmarks/learning.py).
+    "control": {},
     # Toy bandits: the same short warm-up, buffer and network sizes as QSM's bandit preset, so the
     # three algorithms compare on equal terms (a 10k warm-up would exceed a bandit's whole budget).
     "bandit": dict(
