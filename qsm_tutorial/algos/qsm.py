@@ -115,7 +115,7 @@ PRESETS: dict[str, dict] = {
     # - action_candidates: the policy's spread (std ≈ 0.35) is exploration, but a balancing task
     #   needs precise actions; act() takes the best of 16 samples by the critics (as later papers'
     #   QSM baselines do, "best-of-N").
-    # - 256-wide networks (the baselines' width; 2-4x faster on CPU), constant actor lr, 5k warm-up.
+    # - 256-wide networks (the baselines' width; 2-4x faster on CPU), constant actor lr.
     "control": dict(
         prior_std=0.5,
         normalize_q_grad=True,
@@ -124,7 +124,6 @@ PRESETS: dict[str, dict] = {
         actor_hidden=(256, 256),
         critic_hidden=(256, 256),
         actor_lr_decay_steps=0,
-        warmup_steps=5_000,
     ),
 }
 
