@@ -514,6 +514,7 @@ def train(
     force: bool = False,
     progress: bool = True,
     preset: str | None = None,
+    on_step: Callable[[Run], None] | None = None,
     **overrides,
 ) -> Run:
     """Train ``algo`` on an env for ``total_steps`` environment steps and return a :class:`Run`.
@@ -529,7 +530,9 @@ def train(
     the saved config fields are the base, and ``overrides`` that change one are refused) or
     ``force`` (start over; with ``resume``: accept a changed config).
     Without ``run_dir`` nothing is written. SIGINT/SIGTERM end the run after the current step
-    (checkpointed) and ``Run.stop_reason`` names the signal.
+    (checkpointed) and ``Run.stop_reason`` names the signal. ``on_step(run)``, if given, is called
+    after every env step and its updates (``run.step``, ``run.agent.n_updates`` tell where the run
+    is), e.g. to keep snapshots of the weights (``widgets.train_bandit_snapshots``).
     """
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
@@ -613,6 +616,8 @@ def train(
                     metrics.append({"step": step, "event": "eval", **result})
                     last_eval = round(result["eval_return"], 1)
                 run.step = step
+                if on_step is not None:
+                    on_step(run)
                 if store and (step % loop.checkpoint_every == 0 or step == total_steps or stop.requested):
                     bad = first_nonfinite(agent.state_dict())
                     if bad:

@@ -17,8 +17,8 @@ notebook still shows it. ``explorer.update(t=2, alpha=10.0)`` changes values fro
 scripts), ``explorer.figure`` is the matplotlib Figure, ``explorer.render_png()`` its PNG bytes.
 
 The iteration slider needs snapshots of a run; ``qsm_tutorial.train`` keeps only the final agent,
-so :func:`train_bandit_snapshots` runs the same loop on a bandit (random warm-up, act, store,
-``agent.update``) and keeps the actor's and critics' weights every ``every`` updates.
+so :func:`train_bandit_snapshots` trains through it with an ``on_step`` callback that keeps the
+actor's and critics' weights every ``every`` updates.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -148,47 +147,30 @@ def train_bandit_snapshots(
     progress: bool = False,
     **overrides,
 ) -> BanditSnapshots:
-    """Train QSM on ``bandit/<bandit>`` and keep the actor's and critics' weights every ``every`` updates.
-
-    The loop is that of ``qsm_tutorial.train`` for a bandit (uniform-random warm-up, then
-    ``agent.act``; one ``agent.update`` per step once the buffer holds a batch) with the
-    ``"bandit"`` preset; ``overrides`` set :class:`QSMConfig` fields. Snapshot 0 is the
-    initialisation. ~1500 steps take ~25 s on 2 CPU cores.
+    """Train QSM on ``bandit/<bandit>`` with ``qsm_tutorial.train`` (the ``"bandit"`` preset;
+    ``overrides`` set :class:`QSMConfig` or loop fields) and keep the actor's and critics' weights
+    every ``every`` updates. Snapshot 0 is the initialisation. ~1500 steps take ~25 s on 2 CPU cores.
     """
-    from .replay import ReplayBuffer
+    from .train import train
 
     if every < 1:
         raise ValueError(f"every must be >= 1 (updates between snapshots), got {every}")
-    env_id = _bandit_id(bandit)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    t0 = time.perf_counter()
-    env = make_bandit(env_id, seed=seed)
-    config = replace_device(QSMConfig.preset("bandit", **overrides))
-    agent = QSMAgent(1, 2, config)
-    buffer = ReplayBuffer(1, 2, min(config.buffer_size, total_steps))
-    updates, states = [0], [_weights(agent)]
-    obs, _ = env.reset(seed=seed)
-    steps = range(1, total_steps + 1)
-    if progress:
-        from tqdm.auto import tqdm
+    updates: list[int] = []
+    states: list[dict] = []
 
-        steps = tqdm(steps, desc=f"qsm {env_id} (snapshots)", mininterval=0.5)
-    for step in steps:
-        action = env.action_space.sample() if step <= config.warmup_steps else agent.act(obs)
-        next_obs, reward, terminated, _, _ = env.step(action)
-        buffer.add(obs, action, reward, next_obs, terminated)
-        obs, _ = env.reset()
-        if step > config.warmup_steps and len(buffer) >= config.batch_size:
-            agent.update(buffer.sample(config.batch_size, device=agent.device))
-            if agent.n_updates % every == 0:
-                updates.append(agent.n_updates)
-                states.append(_weights(agent))
-    if updates[-1] != agent.n_updates:
-        updates.append(agent.n_updates)
-        states.append(_weights(agent))
-    return BanditSnapshots(env_id, config, updates, states, seconds=time.perf_counter() - t0)
+    def keep(run) -> None:
+        n = run.agent.n_updates
+        if not updates or (n % every == 0 and n != updates[-1]):
+            updates.append(n)
+            states.append(_weights(run.agent))
+
+    t0 = time.perf_counter()
+    overrides = {"device": "cpu", "eval_every": total_steps, **overrides}
+    run = train(_bandit_id(bandit), "qsm", total_steps, seed, progress=progress, on_step=keep, **overrides)
+    if updates[-1] != run.agent.n_updates:
+        updates.append(run.agent.n_updates)
+        states.append(_weights(run.agent))
+    return BanditSnapshots(run.env_id, run.config, updates, states, seconds=time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------------------------
