@@ -512,22 +512,27 @@ def plot_learning_curves(
 
     ``curves``: ``{label: (steps [T], values [n_seeds, T])}`` (a 1-D ``values`` is one seed).
     ``band``: ``"std"`` (mean ± 1 std), ``"sem"`` (± standard error), ``"minmax"`` or ``"none"``.
-    NaNs (a seed without that point) are ignored in the statistics.
+    NaNs (a seed without that point) are ignored in the statistics. Labels starting with an
+    algorithm's name share its colour; the second, third, ... such curve is dashed, dotted, ...
+    ("QSM" solid, "QSM (paper)" dashed).
     """
     if band not in ("std", "sem", "minmax", "none"):
         raise ValueError(f"band must be 'std', 'sem', 'minmax' or 'none', got {band!r}")
     default = {"qsm": POLICY_COLOR, "sac": GAUSSIAN_COLOR, "td3": "tab:green"}
     fig = _figure((5.6, 3.6))
     ax = _subplots(fig, 1, 1)[0, 0]
+    times_used: dict[str, int] = {}
     for k, (label, (steps, values)) in enumerate(curves.items()):
         x, y = _np(steps), np.atleast_2d(_np(values))
         if y.shape[1] != x.shape[0]:
             raise ValueError(f"curve {label!r}: values have {y.shape[1]} points per seed but steps has {x.shape[0]}")
         color = (colors or {}).get(label) or default.get(str(label).lower().split()[0], f"C{k}")
+        style = ("-", "--", ":", "-.")[times_used.get(color, 0) % 4]
+        times_used[color] = times_used.get(color, 0) + 1
         with np.errstate(all="ignore"):
             mean = np.nanmean(y, axis=0)
             n_seeds = y.shape[0]
-            ax.plot(x, mean, color=color, lw=1.8, label=f"{label} ({n_seeds} seed{'s' if n_seeds > 1 else ''})")
+            ax.plot(x, mean, color=color, ls=style, lw=1.8, label=f"{label} ({n_seeds} seed{'s' if n_seeds > 1 else ''})")
             if band != "none" and n_seeds > 1:
                 if band == "minmax":
                     lo, hi = np.nanmin(y, axis=0), np.nanmax(y, axis=0)
