@@ -2,6 +2,10 @@
 
     python benchmarks/learning.py --env InvertedPendulum-v5 --algos sac,td3 --seeds 0,1 --total-steps 30000
 
+``--algos`` takes algorithm names (each trains with its default preset: "control" on these tasks) and
+named variants: ``qsm-paper`` is QSM with ``--preset paper`` (the paper's settings) at the baselines'
+256-wide networks (the paper's 512 costs ~3x the CPU time and changes none of the diagnosis).
+
 Each (algo, seed) trains through the ``qsm-train`` CLI in its own process (one torch thread, at
 most ``--jobs`` at once) into ``<runs-root>/<env>/<algo>/seed<k>``; a run dir that already holds a
 checkpoint is resumed, so an interrupted benchmark picks up where it stopped, and a finished one
@@ -32,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from qsm_tutorial.results import CHECKPOINT_FILE, RunResult, group_runs, load_run, seed_band  # noqa: E402
+from qsm_tutorial.results import CHECKPOINT_FILE, RunResult, load_run, seed_band  # noqa: E402
 
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
@@ -56,15 +60,21 @@ def slug(env_id: str) -> str:
     return env_id.replace("/", "-")
 
 
+# Named variants: label -> (algorithm, extra CLI flags).
+VARIANTS = {"qsm-paper": ("qsm", ["--preset", "paper", "--actor-hidden", "256,256", "--critic-hidden", "256,256"])}
+
+
 def run_dir_of(args: argparse.Namespace, algo: str, seed: int) -> Path:
     return Path(args.runs_root) / args.env / algo / f"seed{seed}"
 
 
 def command(args: argparse.Namespace, algo: str, seed: int, extra: list[str]) -> list[str]:
+    """The CLI call of one (label, seed): ``algo`` is an algorithm or a name in ``VARIANTS``."""
     run_dir = run_dir_of(args, algo, seed)
-    cmd = [sys.executable, "-m", "qsm_tutorial", "--algo", algo, "--env", args.env, "--seed", str(seed),
+    algorithm, variant_flags = VARIANTS.get(algo, (algo, []))
+    cmd = [sys.executable, "-m", "qsm_tutorial", "--algo", algorithm, "--env", args.env, "--seed", str(seed),
            "--total-steps", str(args.total_steps), "--run-dir", str(run_dir), "--eval-every", str(args.eval_every),
-           "--eval-episodes", str(args.eval_episodes), "--threads", "1", "--no-progress", *extra]
+           "--eval-episodes", str(args.eval_episodes), "--threads", "1", "--no-progress", *variant_flags, *extra]
     return cmd + ["--resume"] if (run_dir / CHECKPOINT_FILE).exists() else cmd
 
 
@@ -90,45 +100,50 @@ def first_step_reaching(run: RunResult, threshold: float) -> int | None:
     return int(steps[hit[0]]) if len(hit) else None
 
 
-def write_csvs(runs: list[RunResult], args: argparse.Namespace) -> tuple[Path, Path]:
+def write_csvs(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> tuple[Path, Path]:
+    """``runs``: {label: its runs over seeds}; the label is the ``algo`` column."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     curves, summary = out / f"learning_{slug(args.env)}.csv", out / f"learning_{slug(args.env)}_summary.csv"
     with open(curves, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["env", "algo", "seed", "step", "eval_return", "eval_return_std", "eval_return_min", "eval_return_max"])
-        for r in runs:
+        for label, r in labelled(runs):
             e = r.events("eval")
             for i in range(len(e["step"])):
-                w.writerow([r.env_id, r.algo, r.seed, int(e["step"][i]),
+                w.writerow([r.env_id, label, r.seed, int(e["step"][i]),
                             *(f"{e[k][i]:.2f}" for k in ("eval_return", "eval_return_std", "eval_return_min", "eval_return_max"))])
     with open(summary, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["env", "algo", "seed", "total_steps", "final_eval_return", "best_eval_return",
                     f"first_step_at_{args.threshold:g}", "eval_episodes", "median_steps_per_s"])
-        for r in runs:
+        for label, r in labelled(runs):
             steps, values = r.curve("eval_return")
             sps = r.timing.get("steps_per_s", np.array([np.nan]))
-            w.writerow([r.env_id, r.algo, r.seed, int(steps[-1]), f"{values[-1]:.2f}", f"{values.max():.2f}",
+            w.writerow([r.env_id, label, r.seed, int(steps[-1]), f"{values[-1]:.2f}", f"{values.max():.2f}",
                         first_step_reaching(r, args.threshold) or "", r.config["loop"]["eval_episodes"],
                         f"{np.median(sps):.1f}"])
     return curves, summary
 
 
-def plot(runs: list[RunResult], args: argparse.Namespace) -> Path:
+def labelled(runs: dict[str, list[RunResult]]):
+    return [(label, r) for label, group in runs.items() for r in group]
+
+
+def plot(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"qsm": "tab:purple", "sac": "tab:blue", "td3": "tab:orange"}
+    styles = {"qsm": ("tab:purple", "-"), "qsm-paper": ("tab:purple", "--"), "sac": ("tab:blue", "-"), "td3": ("tab:orange", "-")}
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=150)
-    for algo, group in group_runs(runs).items():
+    for label, group in runs.items():
         band = seed_band(group)
-        c = colours.get(algo)
-        ax.plot(band.steps, band.mean, color=c, lw=2, label=f"{algo.upper()} (mean of {band.n_runs} seeds)")
+        c, ls = styles.get(label, (None, "-"))
+        ax.plot(band.steps, band.mean, color=c, ls=ls, lw=2, label=f"{label.upper()} (mean of {band.n_runs} seeds)")
         ax.fill_between(band.steps, band.low, band.high, color=c, alpha=0.2, lw=0)
-    warmup = runs[0].config["agent"]["warmup_steps"]
+    warmup = next(iter(runs.values()))[0].config["agent"]["warmup_steps"]
     ax.axvspan(0, warmup, color="grey", alpha=0.1, lw=0, label=f"uniform-random warm-up ({warmup} steps)")
     ax.axhline(args.threshold, color="grey", ls=":", lw=1, label=f"return {args.threshold:g}")
     ax.set_xlabel("environment steps")
@@ -148,7 +163,7 @@ def main() -> None:
     algos = args.algos.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     run_all([command(args, a, s, extra) for a in algos for s in seeds], args.jobs)
-    runs = [load_run(run_dir_of(args, a, s)) for a in algos for s in seeds]
+    runs = {a: [load_run(run_dir_of(args, a, s)) for s in seeds] for a in algos}
     curves, summary = write_csvs(runs, args)
     figure = plot(runs, args)
     print(f"wrote {curves}, {summary}, {figure}")
