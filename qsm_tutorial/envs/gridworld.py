@@ -32,7 +32,7 @@ two-routes       start below a wall block, goal above it: going left or going ri
                  bad, the average push (0, 0) included: a multimodal optimal policy.
 cliff            a short route (4 moves) along a row of hazards and a safe detour (8 moves)
                  above a wall: with slip = 0 the best first push is right (the short route, tilted
-                 up, away from the edge); from slip ≈ 0.15 on, it is up (the detour)
+                 up, away from the edge); from slip ≈ 0.12 on, it is up (the detour)
 custom           your own world: ``make("gridworld/custom", layout=...)``
 ===============  ==============================================================================
 
