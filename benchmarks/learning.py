@@ -52,6 +52,8 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--runs-root", default=str(ROOT / "runs" / "benchmarks"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--figures", default=str(ROOT / "figures"))
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the CSVs and figure from the run dirs that exist (unfinished runs included, as far as they got)")
     return p.parse_known_args()
 
 
@@ -162,8 +164,10 @@ def main() -> None:
     args, extra = parse_args()
     algos = args.algos.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    run_all([command(args, a, s, extra) for a in algos for s in seeds], args.jobs)
-    runs = {a: [load_run(run_dir_of(args, a, s)) for s in seeds] for a in algos}
+    if not args.report_only:
+        run_all([command(args, a, s, extra) for a in algos for s in seeds], args.jobs)
+    runs = {a: [load_run(run_dir_of(args, a, s)) for s in seeds if run_dir_of(args, a, s).exists()] for a in algos}
+    runs = {a: group for a, group in runs.items() if group}
     curves, summary = write_csvs(runs, args)
     figure = plot(runs, args)
     print(f"wrote {curves}, {summary}, {figure}")
