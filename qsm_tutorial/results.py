@@ -158,6 +158,38 @@ def seed_band(runs: list[RunResult], key: str = "eval_return") -> Band:
     return Band(np.array(steps, dtype=np.int64), values.mean(0), values.std(0), values.min(0), values.max(0), len(runs))
 
 
+def curves_from_csv(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{ALGO: (steps [T], values [n_seeds, T])}`` from a ``learning_<env>.csv`` of
+    ``benchmarks/learning.py`` (columns algo, seed, step, eval_return; NaN where a seed lacks a step),
+    ready for ``viz.plot_learning_curves``; ``{}`` for a file without those columns."""
+    columns, rows = read_csv(path)
+    if not {"algo", "seed", "step", "eval_return"} <= set(columns):
+        return {}
+    c = columns_of(rows, ["algo", "seed", "step", "eval_return"])
+    out = {}
+    for algo in dict.fromkeys(c["algo"]):
+        mine = c["algo"] == algo
+        steps = np.unique(c["step"][mine])
+        seeds = list(dict.fromkeys(c["seed"][mine]))
+        values = np.full((len(seeds), len(steps)), np.nan)
+        for k, seed in enumerate(seeds):
+            rows_k = mine & (c["seed"] == seed)
+            values[k, np.searchsorted(steps, c["step"][rows_k])] = c["eval_return"][rows_k]
+        out[str(algo).upper()] = (steps, values)
+    return out
+
+
+def curves_from_runs(runs: Iterable[RunResult]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The same from run directories (``load_runs``): per algorithm, every seed's evaluation returns
+    at the steps all seeds evaluated."""
+    out = {}
+    for algo, group in group_runs(runs, by="algo").items():
+        band = seed_band(group)
+        values = np.stack([np.interp(band.steps, *r.curve("eval_return")) for r in group])
+        out[str(algo).upper()] = (band.steps, values)
+    return out
+
+
 def load_agent(run_dir: str | Path):
     """The agent of a saved run, restored from its latest checkpoint (on the device its config
     names: ``auto`` is CUDA when present)."""

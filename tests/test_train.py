@@ -310,6 +310,21 @@ def test_load_runs_groups_seeds_into_a_band(tmp_path):
     np.testing.assert_allclose(band.std, [1.0, 1.0])
 
 
+def test_learning_curves_from_runs_and_from_a_learning_csv(tmp_path):
+    write_fake_run(tmp_path / "sac/seed0", "sac", 0, {0: 1.0, 10: 3.0, 20: 5.0})
+    write_fake_run(tmp_path / "sac/seed1", "sac", 1, {0: 3.0, 10: 5.0})
+    steps, values = results.curves_from_runs(results.load_runs(str(tmp_path / "*" / "seed*")))["SAC"]
+    assert list(steps) == [0, 10]
+    np.testing.assert_allclose(values, [[1.0, 3.0], [3.0, 5.0]])
+    csv_path = tmp_path / "learning_x.csv"
+    csv_path.write_text("env,algo,seed,step,eval_return\nx,qsm,0,0,1.0\nx,qsm,0,10,2.0\nx,qsm,1,0,4.0\n")
+    steps, values = results.curves_from_csv(csv_path)["QSM"]
+    assert list(steps) == [0, 10]
+    np.testing.assert_allclose(values, [[1.0, 2.0], [4.0, np.nan]])
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    assert results.curves_from_csv(tmp_path / "other.csv") == {}
+
+
 def test_control_envs_default_to_the_control_preset_and_paper_is_one_flag_away():
     from qsm_tutorial.algos.qsm import PRESETS, QSMConfig
     from qsm_tutorial.train import make_config
