@@ -130,7 +130,7 @@ class Run:
         return np.array([h["step"] for h in rows]), np.array([h[key] for h in rows])
 
 
-PRESETS = ("paper", "bandit", "control")
+PRESETS = tuple(algos.qsm.PRESETS)  # every algorithm has the same preset names (a test checks it)
 
 
 def preset_for(env_id: str) -> str:
@@ -708,14 +708,11 @@ def build_parser(algo: str) -> argparse.ArgumentParser:
 
 
 def _seed_list(text: str) -> tuple[int, ...]:
-    """``"0,1,2,3"`` → (0, 1, 2, 3), for ``--seeds``."""
+    """``"0,1,2,3"`` → (0, 1, 2, 3), for ``--seeds`` (``train_seeds`` checks they are distinct and >= 0)."""
     try:
-        seeds = tuple(int(part) for part in text.split(","))
+        return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2,3, got {text!r}") from None
-    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"seeds must be distinct non-negative integers, got {text!r}")
-    return seeds
 
 
 def default_run_dir(env_id: str, algo: str, seed: int) -> Path:
@@ -796,24 +793,26 @@ def main(argv: list[str] | None = None) -> int:
         if "seeds" in kwargs:
             from .multiseed import train_seeds  # multiseed imports this module
 
-            return _report(train_seeds(**kwargs))
-        run = train(**kwargs)
+            runs = train_seeds(**kwargs)
+        else:
+            runs = [train(**kwargs)]
     except KeyboardInterrupt:
         print("interrupted before a checkpoint could be written; --resume continues from the last one", file=sys.stderr)
         return 130
     except (TrainError, envs.UnknownEnvError, ValueError, gym.error.Error) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    if run.stop_reason:
-        print(f"stopped by {run.stop_reason} at step {run.step}; checkpoint saved in {run.run_dir}; "
-              "continue with --resume", file=sys.stderr)
-        return 128 + signal.Signals[run.stop_reason].value
-    return _report([run])
+    return _report(runs)
 
 
 def _report(runs: list[Run]) -> int:
-    """One line per finished run: the CLI's summary."""
+    """The CLI's summary, one line per run, and its exit status: 128 + the signal number when a
+    signal stopped the run(s) (after a checkpoint), else 0."""
     for run in runs:
+        if run.stop_reason:
+            print(f"stopped by {run.stop_reason} at step {run.step}; checkpoint saved in {run.run_dir}; "
+                  "continue with --resume", file=sys.stderr)
+            return 128 + signal.Signals[run.stop_reason].value
         steps, returns = run.metric("eval_return")
         final = f"eval return {returns[-1]:.1f}" if len(returns) else "no evaluation"
         print(f"{run.agent.algo} on {run.env_id}, seed {run.seed}: {run.step} steps, {final}; run dir {run.run_dir}")

@@ -350,3 +350,17 @@ def test_cli_preset_flag(tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: "invalid choice: 'fast' (choose from paper, bandit, control)"
         main(["--env", "InvertedPendulum-v5", "--preset", "fast"])
     assert "invalid choice: 'fast'" in capsys.readouterr().err
+
+
+def test_every_algorithm_has_the_cli_preset_names():
+    from qsm_tutorial.algos import qsm, sac, td3
+    from qsm_tutorial.train import PRESETS
+
+    assert set(PRESETS) == {"paper", "bandit", "control"}
+    assert all(set(module.PRESETS) == set(PRESETS) for module in (qsm, sac, td3))
+
+
+def test_cli_seeds_that_repeat_are_one_line_errors(capsys):
+    assert main(["--env", "bandit/ring", "--seeds", "1,1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "distinct" in err
