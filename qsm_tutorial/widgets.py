@@ -158,18 +158,20 @@ def train_bandit_snapshots(
     updates: list[int] = []
     states: list[dict] = []
 
-    def keep(run) -> None:
+    def snapshot(agent: QSMAgent) -> None:
+        updates.append(agent.n_updates)
+        states.append(_weights(agent))
+
+    def keep(run) -> None:  # train's on_step: the initial weights, then every `every` updates
         n = run.agent.n_updates
         if not updates or (n % every == 0 and n != updates[-1]):
-            updates.append(n)
-            states.append(_weights(run.agent))
+            snapshot(run.agent)
 
     t0 = time.perf_counter()
     overrides = {"device": "cpu", "eval_every": total_steps, **overrides}
     run = train(_bandit_id(bandit), "qsm", total_steps, seed, progress=progress, on_step=keep, **overrides)
     if updates[-1] != run.agent.n_updates:
-        updates.append(run.agent.n_updates)
-        states.append(_weights(run.agent))
+        snapshot(run.agent)
     return BanditSnapshots(run.env_id, run.config, updates, states, seconds=time.perf_counter() - t0)
 
 
