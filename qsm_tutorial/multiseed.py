@@ -105,7 +105,8 @@ class SeedRandomState:
 class StackedQSM:
     """S ``QSMAgent``s trained as one: their parameters live in stacked [S, ...] tensors (each
     agent's modules are views of its slice, so ``agents[k].act`` always uses current weights),
-    with one fused Adam per network over the stacks."""
+    with one fused Adam per network over the stacks (small stacks as per-seed slices, so that each
+    seed's numbers are those of its single-seed run: ``fast.adam_tensors``)."""
 
     def __init__(self, agents: list[QSMAgent]):
         self.agents = agents
@@ -119,8 +120,8 @@ class StackedQSM:
         for part in ("actor", "critic", "critic_target"):
             fast.alias_modules([getattr(a, part) for a in agents], getattr(self.nets, part))
         adam = fast.adam_options(self.device)
-        self.actor_opt = torch.optim.Adam(list(self.nets.actor.values()), lr=self.config.actor_lr, **adam)
-        self.critic_opt = torch.optim.Adam(list(self.nets.critic.values()), lr=self.config.critic_lr, **adam)
+        self.actor_opt = torch.optim.Adam(fast.adam_tensors(self.nets.actor), lr=self.config.actor_lr, **adam)
+        self.critic_opt = torch.optim.Adam(fast.adam_tensors(self.nets.critic), lr=self.config.critic_lr, **adam)
         self.actor_sched = torch.optim.lr_scheduler.LambdaLR(self.actor_opt, a0._actor_lr_factor)
         self.n_updates = 0
 
@@ -137,13 +138,27 @@ class StackedQSM:
         values = torch.stack(list(metrics.values()), dim=1).tolist()  # [S, n_metrics], one host copy
         return [dict(zip(metrics, row)) for row in values]
 
-    def _adam_state(self, optimizer, k: int) -> dict:
-        """Seed k's slice of a stacked Adam, as a plain Adam's state dict over its own parameters."""
-        state = optimizer.state_dict()
-        per_param = {
-            i: {key: (v[k].clone() if key != "step" else v.clone()) for key, v in s.items()} for i, s in state["state"].items()
-        }
-        return {"state": per_param, "param_groups": state["param_groups"]}
+    def _adam_state(self, optimizer, params: fast.Params, k: int) -> dict:
+        """Seed k's part of a stacked Adam (see ``fast.adam_tensors``), as a plain Adam's state dict
+        over its own parameters."""
+        state, S = optimizer.state_dict()["state"], len(self.agents)
+        per_param, i = {}, 0
+        for j, p in enumerate(params.values()):
+            if fast.updated_per_seed(p):
+                mine = state.get(i + k)
+                per_param[j] = {key: v.clone() for key, v in mine.items()} if mine else None
+                i += S
+            else:
+                whole = state.get(i)
+                per_param[j] = {key: (v[k].clone() if key != "step" else v.clone()) for key, v in whole.items()} if whole else None
+                i += 1
+        return {"state": {j: s for j, s in per_param.items() if s is not None}, "param_groups": self._param_groups(optimizer, len(params))}
+
+    @staticmethod
+    def _param_groups(optimizer, n_params: int) -> list[dict]:
+        """The optimiser's hyper-parameters, listing a single agent's parameters 0 … n − 1."""
+        group = {key: v for key, v in optimizer.state_dict()["param_groups"][0].items() if key != "params"}
+        return [{**group, "params": list(range(n_params))}]
 
     def state_dict(self, k: int) -> dict:
         """Seed k's agent state, exactly as ``QSMAgent.state_dict`` has it (independent copies)."""
@@ -151,8 +166,8 @@ class StackedQSM:
             "actor": fast.member_state(self.nets.actor, k),
             "critic": fast.member_state(self.nets.critic, k),
             "critic_target": fast.member_state(self.nets.critic_target, k),
-            "actor_opt": self._adam_state(self.actor_opt, k),
-            "critic_opt": self._adam_state(self.critic_opt, k),
+            "actor_opt": self._adam_state(self.actor_opt, self.nets.actor, k),
+            "critic_opt": self._adam_state(self.critic_opt, self.nets.critic, k),
             "actor_sched": self.actor_sched.state_dict(),
             "n_updates": self.n_updates,
         }

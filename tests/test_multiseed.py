@@ -34,9 +34,15 @@ def assert_identical_runs(single, multi) -> None:
         assert same, f"{key} differs"
 
 
-@pytest.mark.parametrize("env_id, extra", [("InvertedPendulum-v5", {}), ("bandit/ring", {"langevin_steps": 4})])
-def test_each_seed_equals_its_single_seed_run(env_id, extra):
-    seeds = (3, 0)
+@pytest.mark.parametrize(
+    "env_id, extra, seeds",
+    [
+        ("InvertedPendulum-v5", {}, (3, 0)),
+        ("bandit/ring", {"langevin_steps": 4}, (3, 0)),
+        ("dmc/cheetah-run", {}, (3, 0, 1)),  # |A| = 6: output layers and biases that need care, fast.py
+    ],
+)
+def test_each_seed_equals_its_single_seed_run(env_id, extra, seeds):
     multi = train_seeds(env_id, "qsm", seeds=seeds, **SMALL, **extra)
     assert [r.seed for r in multi] == list(seeds)
     for seed, run in zip(seeds, multi):
@@ -44,30 +50,37 @@ def test_each_seed_equals_its_single_seed_run(env_id, extra):
     assert multi[0].history != multi[1].history  # and the seeds differ from each other
 
 
-def test_stacked_update_of_a_seed_does_not_depend_on_the_others():
-    """Slice 0 of an S = 3 update equals the S = 1 update bit for bit (kernels are per slice)."""
+@pytest.mark.parametrize(
+    "obs_dim, act_dim, hidden, batch_size",
+    [(3, 1, 32, 32), (17, 6, 64, 64), (17, 6, 512, 256)],  # pendulum-like; cheetah-like; the paper's sizes
+)
+def test_stacked_update_of_a_seed_does_not_depend_on_the_others(obs_dim, act_dim, hidden, batch_size):
+    """Slice 0 of an S = 3 update equals the S = 1 update bit for bit (kernels are per slice),
+    for one and for several action dimensions (the output layers' kernels differ, see
+    ``fast.stacked_output_linear``)."""
     from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig
     from qsm_tutorial.multiseed import StackedQSM
 
-    cfg = QSMConfig(device="cpu", actor_hidden=(32, 32), critic_hidden=(32, 32), batch_size=32)
+    cfg = QSMConfig(device="cpu", actor_hidden=(hidden, hidden), critic_hidden=(hidden, hidden), batch_size=batch_size)
     buffers = []
     for seed in range(3):
         g = torch.Generator().manual_seed(seed)
-        b = ReplayBuffer(3, 1, 64)
-        for _ in range(64):
-            b.add(torch.randn(3, generator=g).numpy(), torch.rand(1, generator=g).numpy(), 1.0, torch.randn(3, generator=g).numpy(), False)
+        b = ReplayBuffer(obs_dim, act_dim, 2 * batch_size)
+        for _ in range(2 * batch_size):
+            b.add(torch.randn(obs_dim, generator=g).numpy(), torch.rand(act_dim, generator=g).numpy(), 1.0,
+                  torch.randn(obs_dim, generator=g).numpy(), False)  # fmt: skip
         buffers.append(b)
     results = []
     for S in (1, 3):
         torch.manual_seed(0)
-        stack = StackedQSM([QSMAgent(3, 1, cfg) for _ in range(S)])
+        stack = StackedQSM([QSMAgent(obs_dim, act_dim, cfg) for _ in range(S)])
         for step in range(3):
             batches, td, actor = [], [], []
             for k in range(S):  # seed k's draws depend on k and the step only
                 torch.manual_seed(100 * step + k)
-                batches.append(buffers[k].sample(32))
-                td.append(fast.draw_td_noise(cfg, batches[-1], 1))
-                actor.append(fast.draw_actor_noise(cfg, 32, 1, "cpu"))
+                batches.append(buffers[k].sample(batch_size))
+                td.append(fast.draw_td_noise(cfg, batches[-1], act_dim))
+                actor.append(fast.draw_actor_noise(cfg, batch_size, act_dim, "cpu"))
             info = stack.update(batches, td, actor)
         results.append((info[0], stack.state_dict(0)))
     assert results[0][0] == results[1][0]

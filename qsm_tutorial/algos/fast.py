@@ -17,8 +17,8 @@ this file computes them faster. What changes, and why it pays on a CPU:
   matrix multiply (``torch.baddbmm``) over it: S agents update in one pass (``multiseed.py``), and
   one agent is the case S = 1 (its tensors are zero-copy views of the agent's own modules).
   Seeds never mix: every loss is reduced per seed and summed only to call ``backward`` once, and
-  seed k's numbers are bit-identical for any S (narrow output layers are computed as rows, see
-  ``stacked_linear_rows``).
+  seed k's numbers are bit-identical for any S (output layers are computed in the orientation whose
+  kernel does not depend on S, see ``stacked_output_linear``).
 
 What it does not do: merge the two critics into one batched network (measured on this CPU: no
 faster than two, since the matrix multiplies dominate), or ``torch.compile`` (the DDPM chain alone
@@ -122,19 +122,22 @@ def stacked_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
-def stacked_linear_rows(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """``stacked_linear`` computed as W xᵀ + b, [S, out, B]: for the narrow output layers. A batched
-    multiply with a single output *column* (out = 1) takes another kernel path when S > 1 than
-    when S = 1; with the outputs as *rows* every seed's numbers are the same for any S."""
-    return torch.baddbmm(bias.unsqueeze(-1), weight, x.transpose(1, 2))
+def stacked_output_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``stacked_linear`` for an output layer, computed so that seed k's numbers are the same for
+    any S. A batched multiply with a single output *column* (out = 1: a critic's Q) takes another
+    kernel path when S > 1 than when S = 1, so it is computed as a row, W xᵀ + b; wider outputs
+    (a denoiser's |A| columns) are S-independent as columns and not as rows. (Measured on this CPU's
+    kernels for widths 32-512, batches 1-256, out 1-17; ``tests/test_multiseed.py`` checks it.)"""
+    if weight.shape[1] == 1:
+        return torch.baddbmm(bias.unsqueeze(-1), weight, x.transpose(1, 2)).transpose(1, 2)
+    return stacked_linear(x, weight, bias)
 
 
 def stacked_mlp(layers: list[tuple[Tensor, Tensor]], x: Tensor, activation) -> Tensor:
     """The reference ``mlp`` (activation between layers, none after the last), for S seeds."""
     for w, b in layers[:-1]:
         x = activation(stacked_linear(x, w, b))
-    w, b = layers[-1]
-    return stacked_linear_rows(x, w, b).transpose(1, 2)
+    return stacked_output_linear(x, *layers[-1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,13 +152,31 @@ def twin_q(critic: Params, obs: Tensor, action: Tensor) -> Tensor:
 
 
 def twin_q_action_gradient(critic: Params, obs: Tensor, actions: Tensor) -> Tensor:
-    """g = ½ (∇ₐQ₁ + ∇ₐQ₂)(s, a) per seed, detached (``q_action_gradient``, for S seeds); one
-    backward pass through both critics, and none into their weights."""
-    critic = {name: p.detach() for name, p in critic.items()}
-    actions = actions.detach().requires_grad_(True)
-    q = twin_q(critic, obs, actions)  # [S, 2, B]
-    (grad,) = torch.autograd.grad(q.mean(dim=1).sum(), actions)
-    return grad
+    """g = ½ (∇ₐQ₁ + ∇ₐQ₂)(s, a) per seed, detached (``q_action_gradient``, for S seeds).
+
+    Back-propagated by hand: for a ReLU network the chain rule is a product of the weights masked
+    by which units are on, ∇ₓQ = W_L diag(1[h_{L−1} > 0]) W_{L−1} ⋯ diag(1[h₁ > 0]) W₁, so one
+    forward pass that keeps the masks and one backward sweep of matrix products give it, with no
+    autograd graph (and nothing that stops ``torch.compile``). Only the first layer's *action*
+    columns are kept at the end.
+    """
+    x = torch.cat([obs, actions], dim=-1).detach()
+    obs_dim = obs.shape[-1]
+    grad = torch.zeros_like(actions)
+    with torch.no_grad():
+        for prefix in ("q1", "q2"):
+            layers = mlp_layers(critic, prefix)
+            h, masks = x, []
+            for w, b in layers[:-1]:
+                h = F.relu(stacked_linear(h, w, b))
+                masks.append(h > 0)
+            g = layers[-1][0].expand(-1, h.shape[1], -1)  # ∂Q/∂h_{L−1} = W_L, the same row for every sample
+            for (w, _), on in zip(reversed(layers[1:-1]), reversed(masks[1:])):
+                g = torch.bmm(g * on, w)
+            # all input columns, then the action's: a product with |A| = 1 output column would
+            # take a kernel path that depends on S (see stacked_output_linear)
+            grad += torch.bmm(g * masks[0], layers[0][0])[..., obs_dim:]
+    return grad.mul_(0.5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,10 +203,13 @@ def _first_layer(actor: Params, act_dim: int, obs_dim: int) -> tuple[Tensor, Ten
 def time_bias(actor: Params, T: int, act_dim: int, obs_dim: int) -> Tensor:
     """time(t) · W_timeᵀ + b for t = 0 … T−1: [S, T, hidden], the first layer's per-step bias."""
     S = actor["time_features.W"].shape[0]
-    steps = torch.arange(T, device=actor["time_features.W"].device).expand(S, T)
+    # Rows padded to a multiple of 8: this CPU's batched multiply takes an S-dependent kernel path
+    # for 5-7 and 9-11 rows (T = 5 is the paper's), which would make seeds differ with S.
+    rows = T if T == 1 else -(-T // 8) * 8
+    steps = torch.arange(rows, device=actor["time_features.W"].device).expand(S, rows)
     time = stacked_mlp(mlp_layers(actor, "time_mlp"), fourier_features(actor["time_features.W"], steps), mish)
     _, _, w_time, b = _first_layer(actor, act_dim, obs_dim)
-    return stacked_linear(time, w_time, b)
+    return stacked_linear(time, w_time, b)[:, :T]
 
 
 def denoiser_eps_train(actor: Params, obs: Tensor, a_t: Tensor, t: Tensor, T: int) -> Tensor:
@@ -377,11 +401,49 @@ def actor_step(
     return {"actor_loss": loss.detach(), "grad_q_norm": g.norm(dim=-1).mean(dim=-1)}
 
 
+SEED_ALIGNMENT = 64
+"""Elementwise kernels (Adam's step, Polyak's lerp) run a vectorised loop over whole SIMD chunks and
+a scalar loop over the rest, and the two round differently. When one seed's slice of a stack holds
+a multiple of this many numbers, every seed's numbers take the same path for any S; smaller or
+odder slices (an output bias of |A| numbers) are updated seed by seed (``updated_per_seed``)."""
+
+
+def updated_per_seed(stacked: Tensor) -> bool:
+    """Whether elementwise updates of this [S, ...] stack must run on each seed's slice alone to
+    give the numbers a single-seed run gives (see ``SEED_ALIGNMENT``)."""
+    return stacked[0].numel() % SEED_ALIGNMENT != 0
+
+
+def adam_tensors(params: Params) -> list[Tensor]:
+    """What a stacked Adam optimises: each stack whole, or, where ``updated_per_seed``, its S slices
+    as separate tensors (views sharing the stack's memory, handed their slice of its gradient by a
+    hook when backward has filled it). Order: by name, seed slices in seed order."""
+    tensors = []
+    for p in params.values():
+        if not updated_per_seed(p):
+            tensors.append(p)
+            continue
+        slices = [p.data[k] for k in range(p.shape[0])]
+
+        def hand_out(p: Tensor, slices=slices) -> None:
+            for k, piece in enumerate(slices):
+                piece.grad = p.grad[k]
+            p.grad = None  # the slices hold it now; the next backward starts afresh
+
+        p.register_post_accumulate_grad_hook(hand_out)
+        tensors += slices
+    return tensors
+
+
 @torch.no_grad()
 def polyak(target: Params, online: Params, tau: float) -> None:
     """θ̄ ← (1 − τ) θ̄ + τ θ on stacked tensors (``polyak_update`` for S seeds)."""
     for name, p_t in target.items():
-        p_t.lerp_(online[name], tau)
+        if updated_per_seed(p_t):
+            for k in range(p_t.shape[0]):
+                p_t[k].lerp_(online[name][k], tau)
+        else:
+            p_t.lerp_(online[name], tau)
 
 
 def floats(metrics: dict[str, Tensor], seed: int = 0) -> dict[str, float]:
