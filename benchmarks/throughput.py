@@ -254,7 +254,7 @@ def section_loop(device, rounds: int, warmup: int, log_every: int, windows: int)
     total = warmup + log_every * (windows + 1)
     update_rates, loop_rates, all_windows, ratios = [alone()], [], [], []
     for r in range(rounds):
-        run = qsm_tutorial.train("dmc/cheetah-run", "qsm", total_steps=total, seed=r, progress=False, device=str(device),
+        run = qsm_tutorial.train("dmc/cheetah-run", "qsm", total_steps=total, seed=r, progress=False, device=str(device), preset="paper",
                                  warmup_steps=warmup, eval_every=10**9, eval_episodes=1, log_every=log_every)  # fmt: skip
         # whole windows of training steps; the first one after the warm-up is left out (start-up)
         w = [row["steps_per_s"] for row in run.timing if row["step"] > warmup + log_every]
@@ -299,7 +299,7 @@ def section_multiseed(device, reps: int, loop_steps: int) -> dict:
         out[f"update_{label}_speedup"] = 4 * t["S1"]["wall"] / t["S4"]["wall"]
         out[f"update_{label}_speedup_cpu_time"] = 4 * t["S1"]["cpu"] / t["S4"]["cpu"]
     # The whole loop (act, env step, store, update) at 64x64: 4 seeds against 1, alternated.
-    kw = dict(total_steps=300 + loop_steps, warmup_steps=300, actor_hidden=(64, 64), critic_hidden=(64, 64),
+    kw = dict(total_steps=300 + loop_steps, warmup_steps=300, preset="paper", actor_hidden=(64, 64), critic_hidden=(64, 64),
               eval_every=10**9, eval_episodes=1, log_every=max(1, loop_steps // 5), progress=False, device=str(device))  # fmt: skip
     rates: dict[int, list[float]] = {1: [], 4: []}
     for _ in range(2):
