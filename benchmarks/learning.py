@@ -139,11 +139,12 @@ def plot(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> Path:
     import matplotlib.pyplot as plt
 
     styles = {"qsm": ("tab:purple", "-"), "qsm-paper": ("tab:purple", "--"), "sac": ("tab:blue", "-"), "td3": ("tab:orange", "-")}
+    names = {"qsm": "QSM, control preset", "qsm-paper": "QSM, paper preset"}
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=150)
     for label, group in runs.items():
         band = seed_band(group)
         c, ls = styles.get(label, (None, "-"))
-        ax.plot(band.steps, band.mean, color=c, ls=ls, lw=2, label=f"{label.upper()} (mean of {band.n_runs} seeds)")
+        ax.plot(band.steps, band.mean, color=c, ls=ls, lw=2, label=f"{names.get(label, label.upper())} (mean of {band.n_runs} seeds)")
         ax.fill_between(band.steps, band.low, band.high, color=c, alpha=0.2, lw=0)
     warmup = next(iter(runs.values()))[0].config["agent"]["warmup_steps"]
     ax.axvspan(0, warmup, color="grey", alpha=0.1, lw=0, label=f"uniform-random warm-up ({warmup} steps)")

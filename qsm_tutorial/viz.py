@@ -18,6 +18,7 @@ value) and nothing accumulates in pyplot's figure manager; ``save_figure`` write
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -514,7 +515,7 @@ def plot_learning_curves(
     ``band``: ``"std"`` (mean ± 1 std), ``"sem"`` (± standard error), ``"minmax"`` or ``"none"``.
     NaNs (a seed without that point) are ignored in the statistics. Labels starting with an
     algorithm's name share its colour; the second, third, ... such curve is dashed, dotted, ...
-    ("QSM" solid, "QSM (paper)" dashed).
+    ("QSM" solid, "QSM (paper)" or "QSM-PAPER" dashed).
     """
     if band not in ("std", "sem", "minmax", "none"):
         raise ValueError(f"band must be 'std', 'sem', 'minmax' or 'none', got {band!r}")
@@ -526,7 +527,8 @@ def plot_learning_curves(
         x, y = _np(steps), np.atleast_2d(_np(values))
         if y.shape[1] != x.shape[0]:
             raise ValueError(f"curve {label!r}: values have {y.shape[1]} points per seed but steps has {x.shape[0]}")
-        color = (colors or {}).get(label) or default.get(str(label).lower().split()[0], f"C{k}")
+        algo = re.match(r"[a-z0-9]*", str(label).lower()).group()  # "QSM-PAPER", "QSM (paper)" -> "qsm"
+        color = (colors or {}).get(label) or default.get(algo, f"C{k}")
         style = ("-", "--", ":", "-.")[times_used.get(color, 0) % 4]
         times_used[color] = times_used.get(color, 0) + 1
         with np.errstate(all="ignore"):

@@ -122,6 +122,12 @@ def test_learning_curves_and_improvement():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["QSM (3 seeds)", "SAC (3 seeds)"]
     with pytest.raises(ValueError, match="points per seed"):
         viz.plot_learning_curves({"x": (steps, np.zeros((2, 4)))})
+    # a variant of an algorithm keeps its colour and changes the line style
+    one = (steps, np.zeros((2, 10)))
+    ax = data_axes(viz.plot_learning_curves({"QSM": one, "QSM-PAPER": one, "QSM (paper)": one, "SAC": one}))[0]
+    qsm, paper, paper2, sac = ax.lines
+    assert qsm.get_color() == paper.get_color() == paper2.get_color() != sac.get_color()
+    assert [line.get_linestyle() for line in ax.lines] == ["-", "--", ":", "-"]
     run = {"start_values": np.linspace(-0.5, 0.7, 11), "alignment": np.linspace(0.3, 0.9, 10), "optimal_start_value": 0.8}
     fig = viz.plot_policy_improvement({"slip 0": run, "slip 0.2": run})
     assert_labelled(fig)
