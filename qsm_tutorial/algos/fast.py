@@ -170,16 +170,16 @@ def twin_q_action_gradient(critic: Params, obs: Tensor, actions: Tensor) -> Tens
     with torch.no_grad():
         for prefix in ("q1", "q2"):
             layers = mlp_layers(critic, prefix)
-            h, masks = x, []
+            h, on = x, []
             for w, b in layers[:-1]:
                 h = F.relu(stacked_linear(h, w, b))
-                masks.append(h > 0)
+                on.append(h.sign())  # 1 where a unit is on, 0 where off (h ≥ 0); cheaper than a bool mask
             g = layers[-1][0].expand(-1, h.shape[1], -1)  # ∂Q/∂h_{L−1} = W_L, the same row for every sample
-            for (w, _), on in zip(reversed(layers[1:-1]), reversed(masks[1:])):
-                g = torch.bmm(g * on, w)
+            for (w, _), mask in zip(reversed(layers[1:-1]), reversed(on[1:])):
+                g = torch.bmm(g * mask, w)
             # all input columns, then the action's: a product with |A| = 1 output column would
             # take a kernel path that depends on S (see stacked_output_linear)
-            grad += torch.bmm(g * masks[0], layers[0][0])[..., obs_dim:]
+            grad += torch.bmm(g * on[0], layers[0][0])[..., obs_dim:]
     return grad.mul_(0.5)
 
 
