@@ -287,20 +287,36 @@ class TDNoise:
     bootstrap: Tensor  # [S] bool
 
 
+def draw_sampler_noise(config, batch_size: int, act_dim: int, device) -> list[Tensor]:
+    """What ``QSMAgent.sample`` draws from the global generator, in its order: the DDPM chain's
+    a_T and one z per step (T + 1 draws; z₀ is drawn and unused, as the reference draws it), or
+    Langevin's uniform a₀ and its z's. Each [1, B, A] (an S = 1 stack)."""
+    B = batch_size
+    if config.sampler == "langevin":
+        noise = [torch.rand(B, act_dim, device=device) * 2 - 1]
+        noise += [torch.randn(B, act_dim, device=device) for _ in range(config.langevin_steps)]
+    else:
+        noise = [torch.randn(B, act_dim, device=device) for _ in range(config.T + 1)]
+    return [n.unsqueeze(0) for n in noise]
+
+
+def policy_sample_from(actor: Params, config, schedule: NoiseSchedule, obs: Tensor, noise: list[Tensor]) -> Tensor:
+    """``QSMAgent.sample`` for S seeds with given noise (``draw_sampler_noise``): obs [S, B, O] → [S, B, A]."""
+    if config.sampler == "langevin":
+        return langevin_sample_from(actor, obs, noise, config.langevin_step_size)
+    return ddpm_sample_from(actor, schedule, obs, noise, config.temperature)
+
+
 def draw_td_noise(config, batch: Batch, act_dim: int) -> TDNoise | None:
-    """What ``QSMAgent._next_q`` draws from the global generator, in its order: the DDPM chain's
-    a_T and one z per step (or Langevin's a₀ and its z's), then the target noise. ``batch`` is
-    one seed's ([B, ...]). None when no transition bootstraps (the reference then draws nothing)."""
+    """What ``QSMAgent._next_q`` draws from the global generator, in its order: the sampler's
+    (``draw_sampler_noise``), then the target noise. ``batch`` is one seed's ([B, ...]). None when
+    no transition bootstraps (the reference then draws nothing)."""
     if not bool(batch.mask.any()):
         return None
     B, device = batch.reward.shape[0], batch.reward.device
-    if config.sampler == "langevin":
-        sample = [torch.rand(B, act_dim, device=device) * 2 - 1]
-        sample += [torch.randn(B, act_dim, device=device) for _ in range(config.langevin_steps)]
-    else:
-        sample = [torch.randn(B, act_dim, device=device) for _ in range(config.T + 1)]
+    sample = draw_sampler_noise(config, B, act_dim, device)
     target = torch.randn(B, act_dim, device=device)
-    return TDNoise([s.unsqueeze(0) for s in sample], target.unsqueeze(0), torch.ones(1, dtype=torch.bool, device=device))
+    return TDNoise(sample, target.unsqueeze(0), torch.ones(1, dtype=torch.bool, device=device))
 
 
 def stack_td_noise(per_seed: list[TDNoise | None]) -> TDNoise | None:
@@ -360,10 +376,7 @@ def next_q(nets: QSMNets, config, schedule: NoiseSchedule, batch: Batch, noise: 
     S, B = batch.reward.shape
     if noise is None:
         return torch.zeros(S, 2, B, device=batch.reward.device)
-    if config.sampler == "langevin":
-        a = langevin_sample_from(nets.actor, batch.next_obs, noise.sample, config.langevin_step_size)
-    else:
-        a = ddpm_sample_from(nets.actor, schedule, batch.next_obs, noise.sample, config.temperature)
+    a = policy_sample_from(nets.actor, config, schedule, batch.next_obs, noise.sample)
     next_a = (a + config.target_noise * noise.target).clamp(-1.0, 1.0)
     q = twin_q(nets.critic_target, batch.next_obs, next_a)
     return torch.where(noise.bootstrap[:, None, None], q, torch.zeros_like(q))
