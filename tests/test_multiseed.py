@@ -147,3 +147,31 @@ def test_replay_buffer_for_a_million_cheetah_steps_is_under_250_mb():
     for _ in range(10):
         buf.add([0.0] * 17, [0.0] * 6, 0.0, [0.0] * 17, False)
     assert buf.nbytes == before and all(getattr(buf, f).dtype.name == "float32" for f in buf.FIELDS)
+
+
+def test_stacked_update_compiles():
+    """``compile=True`` with stacked seeds: the compiled backward also calls the per-seed gradient
+    hooks of parameters it gives no gradient (they must skip them); numbers as eager to rounding."""
+    from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig
+    from qsm_tutorial.multiseed import StackedQSM
+
+    buffers = []
+    for seed in range(2):
+        g = torch.Generator().manual_seed(seed)
+        b = ReplayBuffer(4, 1, 64)
+        for _ in range(64):
+            b.add(torch.randn(4, generator=g).numpy(), torch.rand(1, generator=g).numpy(), 1.0, torch.randn(4, generator=g).numpy(), False)
+        buffers.append(b)
+    infos = {}
+    for compile in (False, True):
+        cfg = QSMConfig(device="cpu", actor_hidden=(32, 32), critic_hidden=(32, 32), batch_size=32, compile=compile)
+        torch.manual_seed(0)
+        stack = StackedQSM([QSMAgent(4, 1, cfg) for _ in range(2)])
+        for step in range(2):
+            torch.manual_seed(step)
+            batches = [b.sample(32) for b in buffers]
+            info = stack.update(batches, [fast.draw_td_noise(cfg, b, 1) for b in batches],
+                                [fast.draw_actor_noise(cfg, 32, 1, "cpu") for _ in batches])  # fmt: skip
+        infos[compile] = info
+    for eager, compiled in zip(infos[False], infos[True]):
+        assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-7)

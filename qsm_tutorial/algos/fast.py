@@ -40,6 +40,7 @@ reassociated (for example [a, s, time]·W is summed as a·W_a + s·W_s + time·W
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -228,10 +229,8 @@ def denoiser_eps_train(actor: Params, obs: Tensor, a_t: Tensor, t: Tensor, T: in
 
 
 def _step_coefficients(schedule: NoiseSchedule, temperature: float) -> list[tuple[float, float, float]]:
-    """Per step t: β_t/√(1−ᾱ_t), √α_t and √β_t·τ, computed as ``ddpm_step`` computes them."""
-    betas, alphas, abar = schedule.betas, schedule.alphas, schedule.alphas_bar
-    c_eps = (betas / torch.sqrt(1 - abar)).tolist()
-    return list(zip(c_eps, torch.sqrt(alphas).tolist(), (torch.sqrt(betas) * temperature).tolist()))
+    """Per step t: β_t/√(1−ᾱ_t), √α_t and √β_t·τ (``ddpm_step``'s constants, as Python floats)."""
+    return [(c_eps, sqrt_alpha, sqrt_beta * temperature) for c_eps, sqrt_alpha, sqrt_beta in schedule.reverse_constants]
 
 
 def ddpm_sample_from(actor: Params, schedule: NoiseSchedule, obs: Tensor, noise: list[Tensor], temperature: float = 1.0) -> Tensor:
@@ -382,16 +381,22 @@ def next_q(nets: QSMNets, config, schedule: NoiseSchedule, batch: Batch, noise: 
     return torch.where(noise.bootstrap[:, None, None], q, torch.zeros_like(q))
 
 
-def critic_step(nets: QSMNets, optimizer, config, schedule: NoiseSchedule, batch: Batch, noise: TDNoise | None) -> dict[str, Tensor]:
-    """``QSMAgent.update_critic`` for S seeds: minimise Σᵢ mean (Qᵢ(s, a) − y)² per seed."""
+def critic_loss(nets: QSMNets, config, schedule: NoiseSchedule, batch: Batch, noise: TDNoise | None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Σᵢ mean (Qᵢ(s, a) − y)² per seed [S], and the step's metrics."""
     with torch.no_grad():
         y = critic_target(batch.reward, batch.mask, config.gamma, next_q(nets, config, schedule, batch, noise).transpose(0, 1))
     q = twin_q(nets.critic, batch.obs, batch.action)  # [S, 2, B]
     loss = ((q - y.unsqueeze(1)) ** 2).mean(dim=-1).sum(dim=-1)  # critic_loss, per seed
+    return loss, {"critic_loss": loss.detach(), "q_mean": q.detach().mean(dim=(1, 2))}
+
+
+def critic_step(nets: QSMNets, optimizer, config, schedule: NoiseSchedule, batch: Batch, noise: TDNoise | None) -> dict[str, Tensor]:
+    """``QSMAgent.update_critic`` for S seeds: minimise ``critic_loss``."""
+    loss, metrics = maybe_compiled(critic_loss, config.compile)(nets, config, schedule, batch, noise)
     optimizer.zero_grad(set_to_none=True)
     loss.sum().backward()
     optimizer.step()
-    return {"critic_loss": loss.detach(), "q_mean": q.detach().mean(dim=(1, 2))}
+    return metrics
 
 
 def q_score_target(g: Tensor, alpha: float, normalize: bool = False) -> Tensor:
@@ -401,21 +406,38 @@ def q_score_target(g: Tensor, alpha: float, normalize: bool = False) -> Tensor:
     return -alpha * g
 
 
-def actor_step(
-    nets: QSMNets, optimizer, scheduler, config, schedule: NoiseSchedule, batch: Batch, t: Tensor, z: Tensor
-) -> dict[str, Tensor]:
-    """``QSMAgent.update_actor`` for S seeds: regress ε_θ(s, a_t, t) onto −α ∇ₐQ(s, a_t)."""
+def actor_loss(nets: QSMNets, config, schedule: NoiseSchedule, batch: Batch, t: Tensor, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """mean ‖ε_θ(s, a_t, t) − target‖² per seed [S] (target: −α ∇ₐQ(s, a_t) + …), and the metrics."""
     noised = add_noise(schedule, batch.action, t, z)
     g = twin_q_action_gradient(nets.critic, batch.obs, noised)
     target = q_score_target(g, config.alpha, config.normalize_q_grad) + config.denoise_weight * z
     target = target + gaussian_prior_eps(schedule, noised, t, config.prior_std)
     eps = denoiser_eps_train(nets.actor, batch.obs, noised, t, schedule.T)
     loss = ((eps - target) ** 2).mean(dim=(1, 2))  # actor_loss, per seed
+    return loss, {"actor_loss": loss.detach(), "grad_q_norm": g.norm(dim=-1).mean(dim=-1)}
+
+
+def actor_step(
+    nets: QSMNets, optimizer, scheduler, config, schedule: NoiseSchedule, batch: Batch, t: Tensor, z: Tensor
+) -> dict[str, Tensor]:
+    """``QSMAgent.update_actor`` for S seeds: regress ε_θ(s, a_t, t) onto −α ∇ₐQ(s, a_t) (``actor_loss``)."""
+    loss, metrics = maybe_compiled(actor_loss, config.compile)(nets, config, schedule, batch, t, z)
     optimizer.zero_grad(set_to_none=True)
     loss.sum().backward()
     optimizer.step()
     scheduler.step()
-    return {"actor_loss": loss.detach(), "grad_q_norm": g.norm(dim=-1).mean(dim=-1)}
+    return metrics
+
+
+@functools.cache
+def _compiled(loss_fn):
+    return torch.compile(loss_fn, dynamic=False)
+
+
+def maybe_compiled(loss_fn, compile: bool):
+    """``loss_fn`` itself, or (``QSMConfig.compile``) its ``torch.compile``d version: forward and
+    backward compiled by TorchInductor on first use (and again for new shapes)."""
+    return _compiled(loss_fn) if compile else loss_fn
 
 
 SEED_ALIGNMENT = 64
@@ -443,6 +465,8 @@ def adam_tensors(params: Params) -> list[Tensor]:
         slices = [p.data[k] for k in range(p.shape[0])]
 
         def hand_out(p: Tensor, slices=slices) -> None:
+            if p.grad is None:  # a compiled backward also calls the hook for inputs it gave no gradient
+                return
             for k, piece in enumerate(slices):
                 piece.grad = p.grad[k]
             p.grad = None  # the slices hold it now; the next backward starts afresh
