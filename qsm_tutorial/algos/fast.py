@@ -24,12 +24,19 @@ this file computes them faster. What changes, and why it pays on a CPU:
   kernel does not depend on S, see ``stacked_output_linear``).
 
 What it does not do: merge the two critics into one batched network (measured on this CPU: no
-faster than two, since the matrix multiplies dominate), or ``torch.compile``: the critic and actor
-losses compile without graph breaks (12 s on this 2-core machine) but then ran at 0.94× this eager
-path (14.1 against 15.0 updates/s at the paper's sizes, 1 thread): on a CPU the time is in the
-matrix multiplies, which compiled code calls just as eager code does. The metrics stay Python floats, copied to the host once per
-step: on a CPU that costs microseconds, and the training loop synchronises every env step anyway
-(``act`` returns a NumPy action).
+faster than two, since the matrix multiplies dominate).
+
+``torch.compile`` is opt-in (``QSMConfig.compile``, ``--compile``): the critic and actor losses,
+forward and backward, compiled by TorchInductor at the first update (``maybe_compiled``). Once
+∇ₐQ no longer called ``autograd.grad`` and the chain's constants stopped being read from tensors,
+both compile without graph breaks. On this 2-core CPU it fuses the elementwise work around the
+matrix multiplies for about 10 % more updates/s (``benchmarks/throughput.py`` measures it beside
+the others), after 10-30 s of compiling: worth it for a long run, not for a notebook's first cell,
+so it is off by default. Numbers agree with the eager path to float32 rounding (a test checks it).
+
+The metrics stay Python floats, copied to the host once per step: on a CPU that costs
+microseconds, and the training loop synchronises every env step anyway (``act`` returns a NumPy
+action).
 
 Randomness is drawn in exactly the reference's order and shapes (``draw_td_noise``,
 ``draw_actor_noise``), from the global generator, so for one seed the fast and the reference path
