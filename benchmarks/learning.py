@@ -36,7 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from qsm_tutorial.results import CHECKPOINT_FILE, RunResult, load_run, seed_band  # noqa: E402
+from qsm_tutorial import viz  # noqa: E402
+from qsm_tutorial.results import CHECKPOINT_FILE, RunResult, curves_from_runs, load_run  # noqa: E402
 
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
@@ -133,32 +134,20 @@ def labelled(runs: dict[str, list[RunResult]]):
 
 
 def plot(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    styles = {"qsm": ("tab:purple", "-"), "qsm-paper": ("tab:purple", "--"), "sac": ("tab:blue", "-"), "td3": ("tab:orange", "-")}
+    """``viz.plot_learning_curves`` (a variant keeps its algorithm's colour, dashed) with the warm-up
+    and the threshold marked."""
     names = {"qsm": "QSM, control preset", "qsm-paper": "QSM, paper preset"}
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=150)
-    for label, group in runs.items():
-        band = seed_band(group)
-        c, ls = styles.get(label, (None, "-"))
-        ax.plot(band.steps, band.mean, color=c, ls=ls, lw=2, label=f"{names.get(label, label.upper())} (mean of {band.n_runs} seeds)")
-        ax.fill_between(band.steps, band.low, band.high, color=c, alpha=0.2, lw=0)
+    curves = {names.get(label, label.upper()): next(iter(curves_from_runs(group).values())) for label, group in runs.items() if group}
+    ylabel = f"evaluation return ({args.eval_episodes} episodes, deterministic)"
+    fig = viz.plot_learning_curves(curves, band="minmax", ylabel=ylabel, title=args.env)
+    ax = fig.axes[0]
     warmup = next(iter(runs.values()))[0].config["agent"]["warmup_steps"]
     ax.axvspan(0, warmup, color="grey", alpha=0.1, lw=0, label=f"uniform-random warm-up ({warmup} steps)")
     ax.axhline(args.threshold, color="grey", ls=":", lw=1, label=f"return {args.threshold:g}")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel(f"evaluation return ({args.eval_episodes} episodes, deterministic)")
-    ax.set_title(f"{args.env}: mean over seeds, band = min..max")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center left", fontsize=8)
-    fig.tight_layout()
-    path = Path(args.figures) / f"learning_{slug(args.env)}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    ax.legend(title="mean, min-max over seeds", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
+              fontsize=8, title_fontsize=8, frameon=False)  # below the axes: the curves cross every corner
+    fig.set_size_inches(6.4, 5.2)
+    return viz.save_figure(fig, f"learning_{slug(args.env)}", args.figures, dpi=150)
 
 
 def main() -> None:

@@ -198,13 +198,17 @@ def section_updates(device, reps: int, n: int) -> dict:
     }
     # compile=True: the first update compiles; timed with an empty Inductor cache, as on a fresh machine
     agents["qsm_compiled"] = QSMAgent(OBS, ACT, QSMConfig(device=str(device), fast=True, compile=True))
+    user_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory() as cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         start = time.perf_counter()
         agents["qsm_compiled"].update(batch)
         sync()
         compile_s = time.perf_counter() - start
+    if user_cache is None:
         del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = user_cache
     sq = {s: (torch.randn(s, s, device=device), torch.randn(s, s, device=device)) for s in (512, 1024)}
     contestants = {
         "gemm_update_shapes": (gemm_runner(ref_gemms, device, warm=True), 1),
