@@ -174,3 +174,15 @@ def test_batch_axis_helpers():
     s = fast.stack_batches([b, b, b])
     assert s.obs.shape == (3, 4, OBS) and s.mask.shape == (3, 4)
     assert fast.add_seed_axis(b).action.shape == (1, 4, ACT)
+
+
+@pytest.mark.parametrize("n_out", [1, 6, 16], ids=["one-output-row", "odd-outputs", "hidden-width"])
+def test_stacked_linear_backward_is_the_derivative(n_out):
+    """The hand-written backward of ``stacked_linear`` (gradients in the parameters' own layout)
+    against finite differences, in float64, for each of its three orientations."""
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+               for shape in ((2, 5, 3), (2, n_out, 3), (2, n_out)))  # fmt: skip
+    assert torch.autograd.gradcheck(fast.stacked_linear, (x, w, b))
+    expected = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+    assert torch.allclose(fast.stacked_linear(x, w, b), expected)

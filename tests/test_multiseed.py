@@ -57,7 +57,7 @@ def test_each_seed_equals_its_single_seed_run(env_id, extra, seeds):
 def test_stacked_update_of_a_seed_does_not_depend_on_the_others(obs_dim, act_dim, hidden, batch_size):
     """Slice 0 of an S = 3 update equals the S = 1 update bit for bit (kernels are per slice),
     for one and for several action dimensions (the output layers' kernels differ, see
-    ``fast.stacked_output_linear``)."""
+    ``fast.stacked_linear``)."""
     from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig
     from qsm_tutorial.multiseed import StackedQSM
 
