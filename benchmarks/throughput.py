@@ -36,6 +36,8 @@ get on an idle one. Update timings use a fixed minibatch of cheetah-run sizes (|
   sampled every 0.25 s while ``train`` runs ``--memory-steps`` env steps (32×32 networks, batch 64,
   a buffer of a quarter of the steps, so that it is full, all its pages resident, from the first
   quarter on): from then on nothing should grow.
+- GPU: where CUDA is present (``--device auto``), the updates and multiseed sections run again on it
+  (``updates_cuda``, ``multiseed_cuda`` in the JSON, a second table below the CPU's).
 """
 
 from __future__ import annotations
@@ -89,41 +91,63 @@ def _linear(rows: int, n_in: int, n_out: int, forward=True, input_grad=False, we
 
 def qsm_update_gemms(B=BATCH, O=OBS, A=ACT, actor_hidden=(512, 512), critic_hidden=(512, 512), T=5,
                      time_hidden=128, n_freq=32, fast_path=False) -> list[tuple[int, int, int]]:  # fmt: skip
-    """Every matrix multiply of one QSM update (reference path unless ``fast_path``)."""
+    """Every matrix multiply of one QSM update (reference path unless ``fast_path``); the count is
+    pinned against the products an update really runs by ``tests/test_benchmarks.py``."""
     time_layers = [(2 * n_freq, time_hidden), (time_hidden, time_hidden)]
     net = list(zip([A + O + time_hidden, *actor_hidden], [*actor_hidden, A]))
     critic = list(zip([O + A, *critic_hidden], [*critic_hidden, 1]))
     g: list[tuple[int, int, int]] = []
-    # 1. TD target: a' from T denoiser passes at s' (no grad), then both target critics.
-    if fast_path:  # time MLP on T rows; the observation's part of layer 1 once per chain
-        g += _linear(B, O, actor_hidden[0])
-        for _ in range(T):
-            g += _linear(B, A, actor_hidden[0])
-            for i, o in net[1:]:
-                g += _linear(B, i, o)
-    else:
+    if not fast_path:
+        # 1. TD target: a' from T denoiser passes at s' (no grad), then both target critics.
         for _ in range(T):
             for i, o in time_layers + net:
                 g += _linear(B, i, o)
+        for _ in range(2):
+            for i, o in critic:
+                g += _linear(B, i, o)
+        # 2. critic step: both critics forward and backward (no gradient into the input data).
+        for _ in range(2):
+            for layer, (i, o) in enumerate(critic):
+                g += _linear(B, i, o, input_grad=layer > 0, weight_grad=True)
+        # 3. grad_a Q at the noised actions: forward, and backward to the input only.
+        for _ in range(2):
+            for i, o in critic:
+                g += _linear(B, i, o, input_grad=True)
+        # 4. actor step: the denoiser forward and backward (the time features take gradients too).
+        for i, o in time_layers + net:
+            g += _linear(B, i, o, input_grad=True, weight_grad=True)
+        return g
+    # The fast path (algos/fast.py): the time MLP runs on the T step values (padded to 8 rows) and
+    # enters the first layer as a per-step bias; a one-output layer's input gradient is elementwise.
+    rows = -(-T // 8) * 8
+    time_bias = [*time_layers, (time_hidden, actor_hidden[0])]
+    # 1. TD target: the step biases and the observation's part of layer 1 once, then per step the
+    #    action columns and the rest of the denoiser; both target critics.
+    for i, o in time_bias:
+        g += _linear(rows, i, o)
+    g += _linear(B, O, actor_hidden[0])
+    for _ in range(T):
+        g += _linear(B, A, actor_hidden[0])
+        for i, o in net[1:]:
+            g += _linear(B, i, o)
     for _ in range(2):
         for i, o in critic:
             g += _linear(B, i, o)
-    # 2. critic step: both critics forward and backward (no gradient into the input data).
+    # 2. critic step.
     for _ in range(2):
         for layer, (i, o) in enumerate(critic):
-            g += _linear(B, i, o, input_grad=layer > 0, weight_grad=True)
-    # 3. grad_a Q at the noised actions: forward, and backward to the input only.
+            g += _linear(B, i, o, input_grad=0 < layer < len(critic) - 1, weight_grad=True)
+    # 3. grad_a Q by hand: the hidden layers forward, then the masked weights multiplied back down.
     for _ in range(2):
-        for i, o in critic:
+        for layer, (i, o) in enumerate(critic[:-1]):
             g += _linear(B, i, o, input_grad=True)
-    # 4. actor step: the denoiser forward and backward (the time features take gradients too).
-    if fast_path:
-        g += _linear(B, A + O, actor_hidden[0], weight_grad=True)
-        for i, o in net[1:]:
-            g += _linear(B, i, o, input_grad=True, weight_grad=True)
-    else:
-        for i, o in time_layers + net:
-            g += _linear(B, i, o, input_grad=True, weight_grad=True)
+    # 4. actor step: step biases, one-hot row selection, [a, s] columns of layer 1, the rest.
+    for layer, (i, o) in enumerate(time_bias):
+        g += _linear(rows, i, o, input_grad=True, weight_grad=True)
+    g += _linear(B, T, actor_hidden[0], weight_grad=True)  # one-hot · biases; backward: the biases' gradient
+    g += _linear(B, A + O, actor_hidden[0], weight_grad=True)
+    for i, o in net[1:]:
+        g += _linear(B, i, o, input_grad=True, weight_grad=True)
     return g
 
 
@@ -436,7 +460,7 @@ def main() -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--reps", type=int, help="repetitions per measurement (default 7, quick 5; at least 5)")
-    p.add_argument("--device", default="auto", help="auto (adds a CUDA section when present), cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (adds CUDA sections, updates and stacked seeds, when a GPU is present), cpu or cuda")
     p.add_argument("--memory-steps", type=int, help="env steps of the RSS measurement (default 20000, quick 2000)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: loop,multiseed,memory")
     p.add_argument("--out", help="write the JSON here (default: benchmarks/results/throughput_<device>.json for full runs)")
@@ -469,9 +493,12 @@ def main() -> int:
 
         with multiprocessing.get_context("spawn").Pool(1) as pool:  # a fresh process: its RSS is the run's own
             res["memory"] = pool.apply(section_memory, (args.memory_steps or (2000 if args.quick else 20000), args.threads))
-    for extra in devices[1:]:
+    for extra in devices[1:]:  # a GPU beside the CPU: its updates and stacked seeds, where stacking pays most
         log(f"[throughput] updates on {extra}")
         res[f"updates_{extra.type}"] = section_updates(extra, reps, n=20)
+        if "multiseed" not in skip:
+            log(f"[throughput] multiseed on {extra}")
+            res[f"multiseed_{extra.type}"] = section_multiseed(extra, reps, loop_steps=100 if args.quick else 300)
     u = res["updates"]
     res.update({  # the headline figures at the top level
         "qsm_update_per_s": u["qsm_update_per_s"], "qsm_update_per_s_reference": u["qsm_update_per_s_reference"],
@@ -483,6 +510,9 @@ def main() -> int:
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     })  # fmt: skip
     text = table(res)
+    for extra in devices[1:]:
+        text += f"\n\n{extra.type}:\n" + table({**res, "cpu": extra.type, "updates": res[f"updates_{extra.type}"],
+                                                "loop": None, "multiseed": res.get(f"multiseed_{extra.type}"), "memory": None})  # fmt: skip
     out = args.out or (None if args.quick else str(ROOT / "benchmarks" / "results" / f"throughput_{dev.type}.json"))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

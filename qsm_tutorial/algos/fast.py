@@ -12,7 +12,7 @@ this file computes them faster. What changes, and why it pays on a CPU:
   rows, not B; its contribution to the denoiser's first layer is a per-step bias. In the DDPM
   chain the observation's contribution is computed once, not T times: each reverse step multiplies
   only the |A| action columns. That removes a quarter of the TD target's FLOPs and 12 % of the
-  update's (3.18 → 2.78 GFLOP at the paper's sizes).
+  update's (3.18 → 2.79 GFLOP at the paper's sizes).
 - **∇ₐQ by hand.** The actor's target needs the critics' action-gradient; for ReLU networks it is
   a product of weight matrices masked by the active units, computed without building an autograd
   graph (``twin_q_action_gradient``; 12.4 → 15.0 updates/s on this CPU, A/B in one script).
@@ -22,6 +22,10 @@ this file computes them faster. What changes, and why it pays on a CPU:
   Seeds never mix: every loss is reduced per seed and summed only to call ``backward`` once, and
   seed k's numbers are bit-identical for any S (output layers are computed in the orientation whose
   kernel does not depend on S, see ``stacked_linear``).
+- **Gradients in the parameters' layout.** ``stacked_linear`` is one autograd Function whose
+  backward makes ∂W = gᵀx straight into [out, in] order and a contiguous ∂x; autograd's own backward
+  of the same product made transposed gradients, which cost a 512×512 transposed copy per weight and
+  strided ReLU backwards (the critic step's forward and backward 14 % faster, A/B in one script).
 
 What it does not do: merge the two critics into one batched network (measured on this CPU: no
 faster than two, since the matrix multiplies dominate).
@@ -30,9 +34,11 @@ faster than two, since the matrix multiplies dominate).
 forward and backward, compiled by TorchInductor at the first update (``maybe_compiled``). Once
 ∇ₐQ no longer called ``autograd.grad`` and the chain's constants stopped being read from tensors,
 both compile without graph breaks. On this 2-core CPU it fuses the elementwise work around the
-matrix multiplies for about 10 % more updates/s (``benchmarks/throughput.py`` measures it beside
-the others), after 30-40 s of compiling (less with Inductor's on-disk cache): worth it for a long
-run, not for a notebook's first cell, so it is off by default. Numbers agree with the eager path
+matrix multiplies (a Mish is seven passes over a [256, 512] tensor in eager mode, one compiled) for
+10-15 % more updates/s than the eager fast path (``benchmarks/throughput.py`` measures it beside the
+others: 1.51× the reference path against the eager fast path's 1.34× on a quiet machine), after
+30-40 s of compiling (less with Inductor's on-disk cache), and it needs a C++ compiler at run time:
+worth it for a long run, not for a notebook's first cell, so it is off by default. Numbers agree with the eager path
 to float32 rounding (a test checks it).
 
 The metrics stay Python floats, copied to the host once per step: on a CPU that costs

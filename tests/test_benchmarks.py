@@ -1,0 +1,55 @@
+"""The throughput benchmark's compute bound rests on its count of an update's matrix multiplies
+(``benchmarks/throughput.py``: ``qsm_update_gemms``). Here that count is checked against the
+products one update really runs, recorded below the autograd engine by a dispatch mode, for the
+reference and the fast path: a layer added to a network, or an optimisation that changes the work,
+and the count no longer matches."""
+
+import importlib.util
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig
+
+_spec = importlib.util.spec_from_file_location("throughput", Path(__file__).parents[1] / "benchmarks" / "throughput.py")
+throughput = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(throughput)
+
+aten = torch.ops.aten
+
+
+class RecordGemms(TorchDispatchMode):
+    """Every (M, K, N) matrix product run inside the block (batched ones once per batch entry)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (aten.mm.default, aten.bmm.default, aten.addmm.default, aten.baddbmm.default):
+            a, b = args[:2] if func in (aten.mm.default, aten.bmm.default) else args[1:3]
+            self.shapes[(a.shape[-2], a.shape[-1], b.shape[-1])] += a.numel() // (a.shape[-2] * a.shape[-1])
+        return func(*args, **(kwargs or {}))
+
+
+def unoriented(shapes) -> Counter:
+    """(M, K, N) and its transpose (N, K, M) are the same work."""
+    return Counter((k, *sorted((m, n))) for m, k, n in Counter(shapes).elements())
+
+
+@pytest.mark.parametrize("fast_path", [False, True], ids=["reference", "fast"])
+@pytest.mark.parametrize("batch, hidden, T", [(32, 64, 5), (16, 48, 3)])
+def test_gemm_count_is_what_an_update_runs(fast_path, batch, hidden, T):
+    torch.manual_seed(0)
+    cfg = QSMConfig(device="cpu", fast=fast_path, T=T, actor_hidden=(hidden, hidden), critic_hidden=(hidden, hidden), batch_size=batch)
+    agent = QSMAgent(throughput.OBS, throughput.ACT, cfg)
+    minibatch = throughput.fixed_batch(torch.device("cpu"), B=batch)
+    agent.update(minibatch)  # the first update builds optimiser state; count a later one
+    with RecordGemms() as record:
+        agent.update(minibatch)
+    model = throughput.qsm_update_gemms(B=batch, actor_hidden=(hidden, hidden), critic_hidden=(hidden, hidden), T=T, fast_path=fast_path)
+    assert unoriented(record.shapes) == unoriented(model)
+    assert throughput.flops(record.shapes.elements()) == throughput.flops(model)
