@@ -79,6 +79,24 @@ def test_compiled_update_gives_the_fast_numbers():
         QSMConfig(fast=False, compile=True)
 
 
+def test_compile_without_a_cpp_compiler_fails_at_once():
+    """No C++ compiler: a one-line error when the agent is made, not an Inductor traceback at the
+    first update (the CLI prints ValueErrors as one line)."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor import cpp_builder
+
+    found = inductor_config.cpp.cxx
+    inductor_config.cpp.cxx = ("no-such-c++-compiler",)
+    cpp_builder.cpp_compiler_search.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="needs a C.. compiler"):
+            QSMAgent(OBS, ACT, QSMConfig(device="cpu", compile=True))
+    finally:
+        inductor_config.cpp.cxx = found
+        cpp_builder.cpp_compiler_search.cache_clear()
+    QSMAgent(OBS, ACT, QSMConfig(device="cpu", compile=True))  # the real compiler is found again
+
+
 def test_fast_update_handles_episodes_that_end():
     """Bandit-like batches (mask 0 everywhere, nothing bootstraps) and mixed ones."""
     for terminal_every in (1, 3):

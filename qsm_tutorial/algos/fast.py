@@ -475,6 +475,20 @@ def actor_step(
     return metrics
 
 
+def check_compilable(device: torch.device) -> None:
+    """Fail now, in one line, rather than deep inside the first update: TorchInductor writes C++ for
+    the CPU, so ``compile=True`` on a CPU needs a C++ compiler (g++, or the one named by $CXX)."""
+    if device.type != "cpu":
+        return
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise ValueError("compile=True (--compile) needs a C++ compiler for TorchInductor's CPU code: "
+                         "install g++ (or set CXX to one), or train without --compile") from None  # fmt: skip
+
+
 @functools.cache
 def _compiled(loss_fn):
     return torch.compile(loss_fn, dynamic=False)

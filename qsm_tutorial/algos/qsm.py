@@ -179,6 +179,8 @@ class QSMAgent(Checkpointable):
         self.config = cfg = config or QSMConfig()
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.device = resolve_device(cfg.device)
+        if cfg.compile:
+            fast.check_compilable(self.device)
         self.schedule = NoiseSchedule.from_name(cfg.schedule, cfg.T).to(self.device)
         self.actor = Denoiser(obs_dim, act_dim, cfg.actor_hidden).to(self.device)
         self.critic = TwinCritic(obs_dim, act_dim, cfg.critic_hidden).to(self.device)
