@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -491,6 +492,8 @@ def check_compilable(device: torch.device) -> None:
 
 @functools.cache
 def _compiled(loss_fn):
+    # torch's own compile machinery imports deprecated jit helpers and warns a dozen times; not ours to fix
+    warnings.filterwarnings("ignore", message="`torch.jit.script_method` is deprecated", category=DeprecationWarning)
     return torch.compile(loss_fn, dynamic=False)
 
 
