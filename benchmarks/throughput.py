@@ -96,58 +96,48 @@ def qsm_update_gemms(B=BATCH, O=OBS, A=ACT, actor_hidden=(512, 512), critic_hidd
     time_layers = [(2 * n_freq, time_hidden), (time_hidden, time_hidden)]
     net = list(zip([A + O + time_hidden, *actor_hidden], [*actor_hidden, A]))
     critic = list(zip([O + A, *critic_hidden], [*critic_hidden, 1]))
+    # The fast path (algos/fast.py) runs the time MLP on the T step values (padded to 8 rows), which
+    # enter the first layer as a per-step bias; a one-output layer's input gradient is elementwise.
+    rows = -(-T // 8) * 8
+    time_bias = [*time_layers, (time_hidden, actor_hidden[0])]
     g: list[tuple[int, int, int]] = []
-    if not fast_path:
-        # 1. TD target: a' from T denoiser passes at s' (no grad), then both target critics.
+    # 1. TD target: a' from T denoiser passes at s' (no grad), then both target critics.
+    if fast_path:  # the step biases and the observation's part of layer 1 once, then the action columns
+        for i, o in time_bias:
+            g += _linear(rows, i, o)
+        g += _linear(B, O, actor_hidden[0])
+        for _ in range(T):
+            g += _linear(B, A, actor_hidden[0])
+            for i, o in net[1:]:
+                g += _linear(B, i, o)
+    else:
         for _ in range(T):
             for i, o in time_layers + net:
                 g += _linear(B, i, o)
-        for _ in range(2):
-            for i, o in critic:
-                g += _linear(B, i, o)
-        # 2. critic step: both critics forward and backward (no gradient into the input data).
-        for _ in range(2):
-            for layer, (i, o) in enumerate(critic):
-                g += _linear(B, i, o, input_grad=layer > 0, weight_grad=True)
-        # 3. grad_a Q at the noised actions: forward, and backward to the input only.
-        for _ in range(2):
-            for i, o in critic:
-                g += _linear(B, i, o, input_grad=True)
-        # 4. actor step: the denoiser forward and backward (the time features take gradients too).
-        for i, o in time_layers + net:
-            g += _linear(B, i, o, input_grad=True, weight_grad=True)
-        return g
-    # The fast path (algos/fast.py): the time MLP runs on the T step values (padded to 8 rows) and
-    # enters the first layer as a per-step bias; a one-output layer's input gradient is elementwise.
-    rows = -(-T // 8) * 8
-    time_bias = [*time_layers, (time_hidden, actor_hidden[0])]
-    # 1. TD target: the step biases and the observation's part of layer 1 once, then per step the
-    #    action columns and the rest of the denoiser; both target critics.
-    for i, o in time_bias:
-        g += _linear(rows, i, o)
-    g += _linear(B, O, actor_hidden[0])
-    for _ in range(T):
-        g += _linear(B, A, actor_hidden[0])
-        for i, o in net[1:]:
-            g += _linear(B, i, o)
     for _ in range(2):
         for i, o in critic:
             g += _linear(B, i, o)
-    # 2. critic step.
+    # 2. critic step: both critics forward and backward (no gradient into the input data).
+    last = len(critic) - 1 if fast_path else len(critic)
     for _ in range(2):
         for layer, (i, o) in enumerate(critic):
-            g += _linear(B, i, o, input_grad=0 < layer < len(critic) - 1, weight_grad=True)
-    # 3. grad_a Q by hand: the hidden layers forward, then the masked weights multiplied back down.
+            g += _linear(B, i, o, input_grad=0 < layer < last, weight_grad=True)
+    # 3. grad_a Q at the noised actions: forward, and backward to the input only (by hand on the
+    #    fast path: the hidden layers forward, then the masked weights multiplied back down).
     for _ in range(2):
-        for layer, (i, o) in enumerate(critic[:-1]):
+        for i, o in critic[:-1] if fast_path else critic:
             g += _linear(B, i, o, input_grad=True)
-    # 4. actor step: step biases, one-hot row selection, [a, s] columns of layer 1, the rest.
-    for layer, (i, o) in enumerate(time_bias):
-        g += _linear(rows, i, o, input_grad=True, weight_grad=True)
-    g += _linear(B, T, actor_hidden[0], weight_grad=True)  # one-hot · biases; backward: the biases' gradient
-    g += _linear(B, A + O, actor_hidden[0], weight_grad=True)
-    for i, o in net[1:]:
-        g += _linear(B, i, o, input_grad=True, weight_grad=True)
+    # 4. actor step: the denoiser forward and backward (the time features take gradients too).
+    if fast_path:  # step biases, one-hot row selection, the [a, s] columns of layer 1, the rest
+        for i, o in time_bias:
+            g += _linear(rows, i, o, input_grad=True, weight_grad=True)
+        g += _linear(B, T, actor_hidden[0], weight_grad=True)  # backward: the step biases' gradient
+        g += _linear(B, A + O, actor_hidden[0], weight_grad=True)
+        for i, o in net[1:]:
+            g += _linear(B, i, o, input_grad=True, weight_grad=True)
+    else:
+        for i, o in time_layers + net:
+            g += _linear(B, i, o, input_grad=True, weight_grad=True)
     return g
 
 
