@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # The CPU build of torch; an unpinned `torch` could pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 export MUJOCO_GL ?= egl
+# Jupyter refuses to start as root (containers, cloud VMs) unless told it may.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: install lab test test-fast bench browser-test clean
 
@@ -19,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lab: install  ## JupyterLab opened on the course notebooks
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $(ALLOW_ROOT) notebooks/
 
 test: install  ## the whole test suite, notebooks included
 	$(BIN)/python -m pytest -n 2 --dist loadgroup tests
