@@ -1,7 +1,7 @@
 """Throughput on this machine: the compute bound, the QSM update (fast and reference paths) beside
 SAC and TD3, the whole training loop, several seeds in one process, and memory.
 
-    python benchmarks/throughput.py                 # full run, writes benchmarks/results/throughput_<device>.json
+    python benchmarks/throughput.py                 # full run, writes benchmarks/results/throughput_<device>[_<simd>].json
     python benchmarks/throughput.py --quick         # CI size (about two minutes on 2 busy cores)
     python benchmarks/throughput.py --json          # the same, one JSON object on stdout
 
@@ -74,6 +74,44 @@ def log(*args) -> None:
 
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def cpu_jiffies() -> tuple[int, int] | None:
+    """(steal, total) CPU time of the whole machine so far, from /proc/stat (Linux; None elsewhere).
+    Steal is time the hypervisor gave this VM's cores to another guest: on a shared cloud host it,
+    more than the load average, says whether a slow figure is this code's or a neighbour's."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
+
+
+def steal_percent(before: tuple[int, int] | None) -> float | None:
+    """Share of the machine's CPU time stolen since ``before`` (``cpu_jiffies``), in %."""
+    after = cpu_jiffies()
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return round(100.0 * (after[0] - before[0]) / (after[1] - before[1]), 2)
+
+
+def with_steal(section, *args, **kwargs) -> dict:
+    """``section(*args, **kwargs)``'s results, with the share of CPU time stolen while it ran."""
+    before = cpu_jiffies()
+    out = section(*args, **kwargs)
+    out["steal_percent"] = steal_percent(before)
+    return out
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,7 +445,7 @@ def section_memory(steps: int, threads: int = 1) -> dict:
 def table(res: dict) -> str:
     u, lp, ms, mem = res["updates"], res.get("loop"), res.get("multiseed"), res.get("memory")
     rows = [
-        ("machine", f"{res['cpu']}, {res['threads']} torch thread(s), torch {res['torch']}", ""),
+        ("torch threads", f"{res['threads']}", f"{res['cpu']} ({res.get('cpu_capability', '?')} kernels), torch {res['torch']}"),
         ("load average (1/5/15 min)", f"{u['load_before']} → {u['load_after']}", "other jobs share these cores"),
         ("GEMM GFLOP/s, update's shapes", f"{u['gemm_gflops']:.1f}", f"cpu-time {u['gemm_gflops_cpu_time']:.1f}; cold operands {u['gemm_gflops_cold_operands']:.1f} (cpu {u['gemm_gflops_cold_operands_cpu_time']:.1f}); 512² {u['gemm_gflops_512']:.1f}, 1024² {u['gemm_gflops_1024']:.1f}"),
         ("QSM update GFLOP (ref / fast path)", f"{u['qsm_gflop_per_update']:.2f} / {u['qsm_gflop_per_update_fast_path']:.2f}", "from the layer shapes"),
@@ -439,9 +477,23 @@ def table(res: dict) -> str:
             (f"RSS over {mem['loop_steps']} loop steps", " → ".join(f"{x:.0f}" for x in mem["rss_mb_quarters"]) + " MB",
              f"growth from the 2nd to the 4th quarter {mem['rss_mb_growth_q2_to_q4']:.1f} MB (buffer full after {mem['replay_capacity']} steps: expected 0); peak {mem['rss_mb_peak_process']:.0f} MB"),
         ]  # fmt: skip
+    stolen = {name: sec["steal_percent"] for name, sec in (("updates", u), ("loop", lp), ("multiseed", ms), ("memory", mem))
+              if sec and sec.get("steal_percent") is not None}  # fmt: skip
+    if stolen:
+        rows.append(("CPU time stolen by other VMs", ", ".join(f"{k} {x:.1f} %" for k, x in stolen.items()),
+                     "the hypervisor ran another guest on these cores: figures are lower by about as much"))
     w = max(len(r[0]) for r in rows)
     v = max(len(r[1]) for r in rows)
     return "\n".join(f"{a:<{w}}  {b:>{v}}  {c}" for a, b, c in rows)
+
+
+def default_result_name(device: torch.device, threads: int) -> str:
+    """throughput_cuda.json, or for a CPU its SIMD level (the kernels torch picks, and so the figures,
+    differ between AVX2 and AVX-512 machines): throughput_cpu_avx512.json, …_avx2_2threads.json."""
+    if device.type != "cpu":
+        return f"throughput_{device.type}.json"
+    suffix = "" if threads == 1 else f"_{threads}threads"
+    return f"throughput_cpu_{torch.backends.cpu.get_cpu_capability().lower()}{suffix}.json"
 
 
 def main() -> int:
@@ -453,7 +505,7 @@ def main() -> int:
     p.add_argument("--device", default="auto", help="auto (adds CUDA sections, updates and stacked seeds, when a GPU is present), cpu or cuda")
     p.add_argument("--memory-steps", type=int, help="env steps of the RSS measurement (default 20000, quick 2000)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: loop,multiseed,memory")
-    p.add_argument("--out", help="write the JSON here (default: benchmarks/results/throughput_<device>.json for full runs)")
+    p.add_argument("--out", help="write the JSON here (default for full runs: benchmarks/results/throughput_cpu_<simd level>[_<n>threads].json, or throughput_cuda.json)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     reps = max(5, args.reps or (5 if args.quick else 7))
@@ -464,31 +516,31 @@ def main() -> int:
     res: dict = {
         "protocol": "medians over interleaved repetitions; see the module docstring",
         "quick": args.quick, "reps": reps, "threads": args.threads, "torch": torch.__version__,
-        "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(), "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }  # fmt: skip
     dev = devices[0]
     log(f"[throughput] updates on {dev}, load {load()}")
-    res["updates"] = section_updates(dev, reps, n=2 if args.quick else 4)
+    res["updates"] = with_steal(section_updates, dev, reps, n=2 if args.quick else 4)
     if "loop" not in skip:
         log(f"[throughput] training loop, load {load()}")
-        res["loop"] = section_loop(dev, rounds=1 if args.quick else 3, warmup=300, log_every=10 if args.quick else 20,
+        res["loop"] = with_steal(section_loop, dev, rounds=1 if args.quick else 3, warmup=300, log_every=10 if args.quick else 20,
                                    windows=5 if args.quick else 3)  # fmt: skip
     if "multiseed" not in skip:
         log(f"[throughput] multiseed, load {load()}")
-        res["multiseed"] = section_multiseed(dev, reps, loop_steps=100 if args.quick else 300)
+        res["multiseed"] = with_steal(section_multiseed, dev, reps, loop_steps=100 if args.quick else 300)
     if "memory" not in skip:
         log(f"[throughput] memory, load {load()}")
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(1) as pool:  # a fresh process: its RSS is the run's own
-            res["memory"] = pool.apply(section_memory, (args.memory_steps or (2000 if args.quick else 20000), args.threads))
+            res["memory"] = with_steal(pool.apply, section_memory, (args.memory_steps or (2000 if args.quick else 20000), args.threads))
     for extra in devices[1:]:  # a GPU beside the CPU: its updates and stacked seeds, where stacking pays most
         log(f"[throughput] updates on {extra}")
-        res[f"updates_{extra.type}"] = section_updates(extra, reps, n=20)
+        res[f"updates_{extra.type}"] = with_steal(section_updates, extra, reps, n=20)
         if "multiseed" not in skip:
             log(f"[throughput] multiseed on {extra}")
-            res[f"multiseed_{extra.type}"] = section_multiseed(extra, reps, loop_steps=100 if args.quick else 300)
+            res[f"multiseed_{extra.type}"] = with_steal(section_multiseed, extra, reps, loop_steps=100 if args.quick else 300)
     u = res["updates"]
     res.update({  # the headline figures at the top level
         "qsm_update_per_s": u["qsm_update_per_s"], "qsm_update_per_s_reference": u["qsm_update_per_s_reference"],
@@ -501,9 +553,9 @@ def main() -> int:
     })  # fmt: skip
     text = table(res)
     for extra in devices[1:]:
-        text += f"\n\n{extra.type}:\n" + table({**res, "cpu": extra.type, "updates": res[f"updates_{extra.type}"],
+        text += f"\n\n{extra.type}:\n" + table({**res, "cpu": torch.cuda.get_device_name(extra), "cpu_capability": "CUDA", "updates": res[f"updates_{extra.type}"],
                                                 "loop": None, "multiseed": res.get(f"multiseed_{extra.type}"), "memory": None})  # fmt: skip
-    out = args.out or (None if args.quick else str(ROOT / "benchmarks" / "results" / f"throughput_{dev.type}.json"))
+    out = args.out or (None if args.quick else str(ROOT / "benchmarks" / "results" / default_result_name(dev, args.threads)))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(res, indent=2) + "\n")

@@ -16,13 +16,16 @@ actions, episodes, metrics, evaluations and final weights. Why that holds:
 - the update is ``algos/fast.py``'s, which a single agent also runs (as S = 1): every loss is
   reduced per seed, and every kernel computes slice k of an [S, ...] tensor exactly as it computes
   an [1, ...] one. That took care, because CPU kernels pick their code path by size: a batched
-  multiply with one output column, or with 5-7 or 9-11 rows, rounds differently for S > 1; an
-  elementwise update (Adam, Polyak) rounds its SIMD-sized chunks differently from the left-over
-  numbers. So ``fast.py`` orients output layers by their width, pads the time rows to 8, and steps
-  the small stacks (output biases) seed by seed (``fast.adam_tensors``).
-  ``tests/test_multiseed.py`` checks it for |A| = 1 and 6, up to the paper's sizes, on this
-  machine's kernels; should another BLAS compute slices differently, seeds would agree to float32
-  rounding and then drift apart as any two RL runs do.
+  multiply with one output column, or with 5-7 or 9-11 rows, rounds differently for S > 1, and on
+  AVX-512 CPUs so do matrix-vector products and products with inner size 1; an elementwise update
+  (Adam, Polyak) rounds its SIMD-sized chunks differently from the left-over numbers. So
+  ``fast.py`` orients output layers by their width, computes one-output gradients seed by seed
+  and a 1-D action's first layer elementwise, pads the time rows to 8, and steps the small stacks
+  (output biases) seed by seed (``fast.adam_tensors``).
+  ``tests/test_multiseed.py`` checks it for |A| = 1 and 6, up to the paper's sizes, on the kernels
+  of the machine it runs on (so far checked on an AVX2 AMD EPYC and an AVX-512 Intel Xeon); should
+  another BLAS compute slices differently, seeds would agree to float32 rounding and then drift
+  apart as any two RL runs do.
 
 The lockstep loop acts, stores and updates every seed at each env step, so all seeds finish
 together. The speed-up is in the updates, where per-operation overhead is shared: at 64×64 one

@@ -82,12 +82,16 @@ class _Mish(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
+        # In place wherever a buffer is free: a pass that writes a fresh [256, 512] tensor costs about
+        # twice one that rewrites a tensor just made (cache lines fetched from L3 before the write),
+        # measured on a 2-core Xeon; the update's TD chain runs ten of these under no_grad.
         e = x.clamp(max=20.0).exp_()  # above 20, t = 1 to float32 precision
         n = e.add(2.0).mul_(e)
-        t = n.div_(n + 2.0)  # (not 1 − 2/(n + 2): that cancels for x ≪ 0)
+        t = n.div_(torch.add(n, 2.0, out=e))  # (not 1 − 2/(n + 2): that cancels for x ≪ 0)
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(x, t)
-        return x * t
+            return x * t
+        return t.mul_(x)  # no backward: t is not needed again
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
@@ -164,9 +168,13 @@ class _StackedLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # for one output, g W is an outer product: elementwise, exact
             grad_x = grad * weight if n_out == 1 else torch.bmm(grad, weight)
         if ctx.needs_input_grad[1]:
-            # ∂W with out rows where out is 1 or a multiple of 8; else (a denoiser's |A| outputs)
-            # with |A| columns, as autograd does: small odd row counts take S-dependent kernels
-            if n_out == 1 or n_out % 8 == 0:
+            # ∂W with out rows where out is a multiple of 8; else (a denoiser's |A| outputs) with |A|
+            # columns, as autograd does: small odd row counts take S-dependent kernels. One output
+            # row (a critic's Q, a 1-D action) is a matrix-vector product, whose batched kernel on
+            # AVX-512 CPUs depends on S in any orientation: computed seed by seed (cheap at that size).
+            if n_out == 1:
+                grad_w = torch.stack([torch.mm(g.t(), xk) for g, xk in zip(grad, x)])
+            elif n_out % 8 == 0:
                 grad_w = torch.bmm(grad.transpose(1, 2), x)
             else:
                 grad_w = torch.bmm(x.transpose(1, 2), grad).transpose(1, 2)
@@ -181,8 +189,9 @@ def stacked_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     With one output (a critic's Q) the product is computed as a row, W xᵀ + b: a batched multiply
     with a single output *column* takes another kernel path when S > 1 than when S = 1, and seed k's
     numbers must not depend on S; wider outputs (a denoiser's |A| columns) are S-independent as
-    columns and not as rows. (Measured on this CPU's kernels for widths 32-512, batches 1-256, out
-    1-17; ``tests/test_multiseed.py`` checks it.)"""
+    columns and not as rows. (Measured on an AVX2 AMD EPYC's kernels for widths 32-512, batches
+    1-256, out 1-17, and for the tested sizes on an AVX-512 Xeon's; ``tests/test_multiseed.py``
+    checks it on the machine it runs on.)"""
     return _StackedLinear.apply(x, weight, bias)
 
 
@@ -221,7 +230,7 @@ def twin_q_action_gradient(critic: Params, obs: Tensor, actions: Tensor) -> Tens
             layers = mlp_layers(critic, prefix)
             h, on = x, []
             for w, b in layers[:-1]:
-                h = F.relu(stacked_linear(h, w, b))
+                h = stacked_linear(h, w, b).relu_()
                 on.append(h.sign())  # 1 where a unit is on, 0 where off (h ≥ 0); cheaper than a bool mask
             g = layers[-1][0].expand(-1, h.shape[1], -1)  # ∂Q/∂h_{L−1} = W_L, the same row for every sample
             for (w, _), mask in zip(reversed(layers[1:-1]), reversed(on[1:])):
@@ -276,6 +285,17 @@ def denoiser_eps_train(actor: Params, obs: Tensor, a_t: Tensor, t: Tensor, T: in
     return stacked_mlp(mlp_layers(actor, "net")[1:], mish(h), mish)
 
 
+def add_action_columns(fixed: Tensor, a: Tensor, w_a: Tensor) -> Tensor:
+    """fixed + a W_aᵀ: the first layer of a sampling step, whose other inputs' part is ``fixed``.
+
+    With one action dimension the product has inner size 1, an outer product, computed elementwise:
+    batched products with inner size 1 take S-dependent kernels on AVX-512 CPUs (seed k's numbers
+    would change with S)."""
+    if a.shape[-1] == 1:
+        return torch.addcmul(fixed, a, w_a.transpose(1, 2))
+    return torch.baddbmm(fixed, a, w_a.transpose(1, 2))
+
+
 def _step_coefficients(schedule: NoiseSchedule, temperature: float) -> list[tuple[float, float, float]]:
     """Per step t: β_t/√(1−ᾱ_t), √α_t and √β_t·τ (``ddpm_step``'s constants, as Python floats)."""
     return [(c_eps, sqrt_alpha, sqrt_beta * temperature) for c_eps, sqrt_alpha, sqrt_beta in schedule.reverse_constants]
@@ -296,7 +316,7 @@ def ddpm_sample_from(actor: Params, schedule: NoiseSchedule, obs: Tensor, noise:
     rest = mlp_layers(actor, "net")[1:]
     coeffs = _step_coefficients(schedule, temperature)
     for t in reversed(range(T)):
-        h = torch.baddbmm(obs_part + bias[:, t : t + 1], a, w_a.transpose(1, 2))
+        h = add_action_columns(obs_part + bias[:, t : t + 1], a, w_a)
         eps = stacked_mlp(rest, mish(h), mish)
         c_eps, sqrt_alpha, noise_scale = coeffs[t]
         a = (a - c_eps * eps) / sqrt_alpha
@@ -316,7 +336,7 @@ def langevin_sample_from(actor: Params, obs: Tensor, noise: list[Tensor], step_s
     rest = mlp_layers(actor, "net")[1:]
     noise_scale = math.sqrt(2 * step_size)
     for z in noise[1:]:
-        score = -stacked_mlp(rest, mish(torch.baddbmm(fixed, a, w_a.transpose(1, 2))), mish)
+        score = -stacked_mlp(rest, mish(add_action_columns(fixed, a, w_a)), mish)
         a = reflect_into_box(a + step_size * score + noise_scale * z, 1.0)
     return a
 
