@@ -480,8 +480,8 @@ def table(res: dict) -> str:
     stolen = {name: sec["steal_percent"] for name, sec in (("updates", u), ("loop", lp), ("multiseed", ms), ("memory", mem))
               if sec and sec.get("steal_percent") is not None}  # fmt: skip
     if stolen:
-        rows.append(("CPU time stolen by other VMs", ", ".join(f"{k} {x:.1f} %" for k, x in stolen.items()),
-                     "the hypervisor ran another guest on these cores: figures are lower by about as much"))
+        rows.append(("CPU time stolen by other VMs, worst section", f"{max(stolen.values()):.1f} %",
+                     ", ".join(f"{k} {x:.1f} %" for k, x in stolen.items()) + " (another guest ran on these cores: figures lower by about as much)"))
     w = max(len(r[0]) for r in rows)
     v = max(len(r[1]) for r in rows)
     return "\n".join(f"{a:<{w}}  {b:>{v}}  {c}" for a, b, c in rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering, before mujoco is imported
@@ -122,6 +123,14 @@ def test_dmc_shorter_time_limit():
     assert flags[-1] == (False, True) and not any(any(f) for f in flags[:-1])
     with pytest.raises(ValueError, match="time_limit"):
         envs.make("dmc/cartpole-swingup", max_episode_steps=5000)
+
+
+def test_dm_control_model_deprecation_is_not_logged_other_absl_warnings_are(caplog):
+    absl = logging.getLogger("absl")
+    with caplog.at_level("WARNING", logger="absl"):
+        envs.make("dmc/cheetah-run").close()  # its XML sets the deprecated 'settotalmass'
+        absl.warning("an unrelated warning")
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == ["an unrelated warning"]
 
 
 def test_unknown_dmc_domain_and_task():

@@ -20,6 +20,7 @@ action space.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
@@ -44,6 +45,15 @@ import shimmy  # noqa: E402,F401  (importing shimmy registers the dm_control/* G
 from dm_control import suite  # noqa: E402
 
 from . import UnknownEnvError, register, register_resolver  # noqa: E402
+
+
+def _not_settotalmass_deprecation(record: logging.LogRecord) -> bool:
+    # MuJoCo 3 deprecates an attribute that dm_control's own cheetah.xml uses and says so, through
+    # absl's logger, at every load of the model: dozens of lines per run that no user can act on.
+    return "'settotalmass' is deprecated" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_not_settotalmass_deprecation)
 
 # The tasks the course names (the QSM paper's DMC set plus two easy ones to debug with).
 DMC_TASKS: tuple[str, ...] = (
