@@ -138,6 +138,25 @@ def test_mish_matches_torch():
     assert torch.allclose(g, g_ref, rtol=1e-4, atol=1e-5)
 
 
+def test_compiled_relu_has_torchs_values_and_gradient():
+    """The ReLU the compiled critic uses (backward from the output, no bool mask) gives exactly
+    F.relu's numbers, at 0 too (relu′(0) = 0 in both), eagerly and compiled."""
+    x = torch.randn(8, 64)
+    x[0, :4] = torch.tensor([0.0, -0.0, 1e-30, -1e-30])
+    grad_out = torch.randn_like(x)
+
+    def value_and_grad(f):
+        xi = x.clone().requires_grad_(True)
+        y = f(xi)
+        (g,) = torch.autograd.grad(y, xi, grad_out)
+        return y.detach(), g
+
+    y_ref, g_ref = value_and_grad(F.relu)
+    for f in (fast._ReluFromOutput.apply, torch.compile(fast.relu, dynamic=False)):
+        y, g = value_and_grad(f)
+        assert torch.equal(y, y_ref) and torch.equal(g, g_ref)
+
+
 def test_stacked_critics_equal_separate_critics():
     torch.manual_seed(0)
     critics = [TwinCritic(OBS, ACT, (32, 32)) for _ in range(3)]

@@ -107,6 +107,37 @@ def mish(x: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
+# ReLU, compiled without a bool mask
+# ----------------------------------------------------------------------------------------------
+class _ReluFromOutput(torch.autograd.Function):
+    """relu(x), whose backward reads the output itself, relu′ = sign(relu(x)) ∈ {0, 1}: the same
+    numbers as autograd's ReLU backward, with nothing saved but the output."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        out = torch.relu(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        return grad * out.sign()
+
+
+def relu(x: Tensor) -> Tensor:
+    """``F.relu``; under ``torch.compile``, a ReLU whose backward needs no bool mask.
+
+    Traced from ``F.relu``, Inductor saves the critic's last hidden ReLU as a bool mask ``out <= 0``
+    for the backward, and its C++ kernel storing a bool mask is pathologically slow on AVX-512 CPUs
+    (torch 2.13: a ReLU over [2, 256, 512] with its mask 4.3 ms compiled against 0.15 ms without,
+    measured on a 2-core Xeon). With the backward written on the output, the compiled update ran
+    16 % more updates/s there (A/B in one process). In eager mode the plain ``F.relu`` is the faster
+    (its backward is one fused pass; the Function here costs two, 4 % of an update)."""
+    return _ReluFromOutput.apply(x) if torch.compiler.is_compiling() else F.relu(x)
+
+
+# ----------------------------------------------------------------------------------------------
 # Stacked parameters and stacked MLPs
 # ----------------------------------------------------------------------------------------------
 def view_params(module: nn.Module) -> Params:
@@ -209,8 +240,8 @@ def stacked_mlp(layers: list[tuple[Tensor, Tensor]], x: Tensor, activation) -> T
 def twin_q(critic: Params, obs: Tensor, action: Tensor) -> Tensor:
     """Q₁ and Q₂ of S seeds' ``TwinCritic``: obs [S, B, O], action [S, B, A] → [S, 2, B]."""
     x = torch.cat([obs, action], dim=-1)
-    q1 = stacked_mlp(mlp_layers(critic, "q1"), x, F.relu)
-    q2 = stacked_mlp(mlp_layers(critic, "q2"), x, F.relu)
+    q1 = stacked_mlp(mlp_layers(critic, "q1"), x, relu)
+    q2 = stacked_mlp(mlp_layers(critic, "q2"), x, relu)
     return torch.cat([q1, q2], dim=-1).transpose(1, 2)
 
 
