@@ -496,13 +496,17 @@ def default_result_name(device: torch.device, threads: int) -> str:
     return f"throughput_cpu_{torch.backends.cpu.get_cpu_capability().lower()}{suffix}.json"
 
 
+SECTIONS = {"loop", "multiseed", "memory"}
+"""The sections ``--skip`` can leave out (the update section always runs)."""
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="CI size: fewer repetitions and steps")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--reps", type=int, help="repetitions per measurement (default 7, quick 5; at least 5)")
-    p.add_argument("--device", default="auto", help="auto (adds CUDA sections, updates and stacked seeds, when a GPU is present), cpu or cuda")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto (adds CUDA sections, updates and stacked seeds, when a GPU is present), cpu or cuda")
     p.add_argument("--memory-steps", type=int, help="env steps of the RSS measurement (default 20000, quick 2000)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: loop,multiseed,memory")
     p.add_argument("--out", help="write the JSON here (default for full runs: benchmarks/results/throughput_cpu_<simd level>[_<n>threads].json, or throughput_cuda.json)")
@@ -510,6 +514,10 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     reps = max(5, args.reps or (5 if args.quick else 7))
     skip = set(filter(None, args.skip.split(",")))
+    if skip - SECTIONS:
+        p.error(f"--skip: unknown section(s) {', '.join(sorted(skip - SECTIONS))}; choose from {', '.join(sorted(SECTIONS))}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device cuda: torch sees no CUDA GPU here (torch {torch.__version__}); use auto or cpu")
     devices = [torch.device("cpu")]
     if args.device in ("auto", "cuda") and torch.cuda.is_available():
         devices = [torch.device("cuda")] if args.device == "cuda" else devices + [torch.device("cuda")]

@@ -74,3 +74,16 @@ def test_throughput_benchmark_runs_and_reports_its_figures():
                 "gemm_gflops", "loop_steps_per_s", "multiseed_speedup", "compute_bound_update_per_s"):  # fmt: skip
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert "fast / reference" in done.stderr and "loop / update alone" in done.stderr  # the table
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--skip", "lop"], "unknown section(s) lop"),
+    (["--device", "gpu"], "invalid choice: 'gpu'"),
+] + ([(["--device", "cuda"], "sees no CUDA GPU")] if not torch.cuda.is_available() else []))  # fmt: skip
+def test_throughput_benchmark_refuses_bad_arguments_at_once(args, message):
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "throughput.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

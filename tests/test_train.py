@@ -364,3 +364,16 @@ def test_cli_seeds_that_repeat_are_one_line_errors(capsys):
     assert main(["--env", "bandit/ring", "--seeds", "1,1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "distinct" in err
+
+
+@pytest.mark.parametrize("algo", ["qsm", "sac", "td3"])
+def test_cli_device_torch_cannot_use_is_a_one_line_error_before_any_run_dir(capsys, tmp_path, algo):
+    run_dir = tmp_path / "run"
+    assert main(["--algo", algo, "--env", "bandit/ring", "--device", "gpu", "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'gpu' is not a torch device" in err
+    if not torch.cuda.is_available():
+        assert main(["--algo", algo, "--env", "bandit/ring", "--device", "cuda", "--run-dir", str(run_dir)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "sees no CUDA GPU" in err
+    assert not run_dir.exists()

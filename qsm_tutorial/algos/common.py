@@ -25,10 +25,16 @@ def config_help(config_cls) -> dict[str, str]:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` is CUDA when present, else CPU."""
+    """``"auto"`` is CUDA when present, else CPU; a device torch cannot use here is a ValueError."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is not a torch device: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__}); use auto or cpu")
+    return resolved
 
 
 class TwinCritic(nn.Module):

@@ -56,6 +56,7 @@ class SACConfig:
     device: str = doc("auto", "torch device: auto (CUDA if present), cpu or cuda")
 
     def __post_init__(self):
+        resolve_device(self.device)  # a bad device fails here, before a run directory is made
         if self.init_temperature <= 0:
             raise ValueError(f"init_temperature must be > 0, got {self.init_temperature}")
 

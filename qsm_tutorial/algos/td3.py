@@ -52,6 +52,7 @@ class TD3Config:
     device: str = doc("auto", "torch device: auto (CUDA if present), cpu or cuda")
 
     def __post_init__(self):
+        resolve_device(self.device)  # a bad device fails here, before a run directory is made
         if self.actor_delay < 1:
             raise ValueError(f"actor_delay must be >= 1, got {self.actor_delay}")
 
