@@ -190,6 +190,10 @@ class _StackedLinear(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         if weight.shape[1] == 1:  # one output column: computed as a row (see stacked_linear)
             return torch.baddbmm(bias.unsqueeze(-1), weight, x.transpose(1, 2)).transpose(1, 2)
+        if torch.compiler.is_compiling():
+            # Inductor adds the bias inside the activation's kernel that follows; a baddbmm would
+            # first copy the bias into every row (compiled update 2-6 % faster, A/B on the Xeon)
+            return torch.bmm(x, weight.transpose(1, 2)) + bias.unsqueeze(1)
         return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
     @staticmethod
