@@ -35,12 +35,13 @@ forward and backward, compiled by TorchInductor at the first update (``maybe_com
 ∇ₐQ no longer called ``autograd.grad`` and the chain's constants stopped being read from tensors,
 both compile without graph breaks. On a 2-core CPU it fuses the elementwise work around the
 matrix multiplies (a Mish is seven passes over a [256, 512] tensor in eager mode, one compiled) for
-10-25 % more updates/s than the eager fast path (``benchmarks/throughput.py`` measures it beside the
-others: 1.51× the reference path against the eager fast path's 1.34× on an AVX2 EPYC, 1.66× against
-1.29× on an AVX-512 Xeon, whose faster matrix multiplies leave the passes a larger share; see ``relu``
-for the one kernel that once cost the Xeon 13-16 %), after 25-55 s of compiling (less with Inductor's on-disk cache), and it needs a C++ compiler at run time:
-worth it for a long run, not for a notebook's first cell, so it is off by default. Numbers agree with the eager path
-to float32 rounding (a test checks it).
+10-30 % more updates/s than the eager fast path (``benchmarks/throughput.py`` measures it beside the
+others: 1.51× the reference path against the eager fast path's 1.34× on an AVX2 EPYC, 1.50-1.68×
+against 1.11-1.29× on an AVX-512 Xeon, whose faster matrix multiplies leave the passes a larger
+share; see ``relu`` for the one kernel that once cost the Xeon 13-16 %, and ``_StackedLinear`` for
+where the bias goes), after 25-60 s of compiling (less with Inductor's on-disk cache), and it needs
+a C++ compiler at run time: worth it for a long run, not for a notebook's first cell, so it is off
+by default. Numbers agree with the eager path to float32 rounding (a test checks it).
 
 The metrics stay Python floats, copied to the host once per step: on a CPU that costs
 microseconds, and the training loop synchronises every env step anyway (``act`` returns a NumPy
