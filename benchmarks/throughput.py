@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from qsm_tutorial.algos import fast  # noqa: E402
+from qsm_tutorial.algos.common import resolve_device  # noqa: E402
 from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig  # noqa: E402
 from qsm_tutorial.algos.sac import SACAgent, SACConfig  # noqa: E402
 from qsm_tutorial.algos.td3 import TD3Agent, TD3Config  # noqa: E402
@@ -518,8 +519,10 @@ def main() -> int:
     skip = set(filter(None, args.skip.split(",")))
     if skip - SECTIONS:
         p.error(f"--skip: unknown section(s) {', '.join(sorted(skip - SECTIONS))}; choose from {', '.join(sorted(SECTIONS))}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error(f"--device cuda: torch sees no CUDA GPU here (torch {torch.__version__}); use auto or cpu")
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        p.error(f"--device: {err}")
     devices = [torch.device("cpu")]
     if args.device in ("auto", "cuda") and torch.cuda.is_available():
         devices = [torch.device("cuda")] if args.device == "cuda" else devices + [torch.device("cuda")]
