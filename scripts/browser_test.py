@@ -266,12 +266,21 @@ def explorer(driver) -> dict | None:
     return driver.execute_script(JS_EXPLORER)
 
 
+# Read in the page in one step: the widget replaces its elements when it redraws, so an element
+# found in one call may be gone ("stale") by the next.
+JS_PLOT_STATE = "const ex = (() => {" + JS_EXPLORER + """})();
+return ex ? [ex.img.getAttribute('src') || '', ex.readout.textContent.trim()] : null;
+"""
+
+
 def plot_state(driver) -> tuple[str, str] | None:
-    ex = explorer(driver)
-    if ex is None:
-        return None
-    src = ex["img"].get_attribute("src") or ""
-    return src, ex["readout"].text.strip()
+    """The explorer's figure (its image source) and slider readout; None while it is absent."""
+    state = driver.execute_script(JS_PLOT_STATE)
+    return tuple(state) if state else None
+
+
+def current_plot_state(driver) -> tuple[str, str]:
+    return wait_for(lambda: plot_state(driver), 30, "the explorer's figure and readout", interval=0.2)
 
 
 def decode_png(src: str):
@@ -331,7 +340,7 @@ def move_slider(driver, out: Path, screenshot, slider_input: str = "drag") -> No
     ex = wait_for(lambda: explorer(driver), 60, "the explorer (a 'updates' slider above a figure)")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", ex["box"])
     time.sleep(1.0)
-    src0, readout0 = plot_state(driver)
+    src0, readout0 = current_plot_state(driver)
     before = decode_png(src0)
     screenshot("browser_explorer_before.png")
     ex["box"].screenshot(str(out / "browser_explorer_plot_before.png"))
@@ -360,7 +369,7 @@ def move_slider(driver, out: Path, screenshot, slider_input: str = "drag") -> No
 
     src1, readout1 = wait_for(new_image, 60, "the figure to change after the slider moved", interval=0.2)
     time.sleep(1.0)  # let any further redraw land before the screenshot
-    src1, readout1 = plot_state(driver)
+    src1, readout1 = current_plot_state(driver)
     after = decode_png(src1)
     ex = explorer(driver)
     screenshot("browser_explorer_after.png")
