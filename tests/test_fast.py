@@ -138,6 +138,20 @@ def test_mish_matches_torch():
     assert torch.allclose(g, g_ref, rtol=1e-4, atol=1e-5)
 
 
+def test_layers_without_a_graph_give_the_numbers_of_those_with_one():
+    """Where no gradient is needed (the TD target, acting) ``mish`` and ``stacked_linear`` skip their
+    autograd Functions; the forward numbers must not change by it (bit for bit: the same kernels)."""
+    x, w, b = torch.randn(2, 16, 32) * 4, torch.randn(2, 8, 32), torch.randn(2, 8)
+    with_graph = [t.clone().requires_grad_(True) for t in (x, w, b)]
+    mish_graph, linear_graph = fast.mish(with_graph[0]), fast.stacked_linear(*with_graph)
+    assert mish_graph.grad_fn is not None and linear_graph.grad_fn is not None
+    with torch.no_grad():
+        mish_plain, linear_plain = fast.mish(with_graph[0]), fast.stacked_linear(*with_graph)
+    assert mish_plain.grad_fn is None and linear_plain.grad_fn is None
+    assert torch.equal(mish_plain, mish_graph.detach()) and torch.equal(linear_plain, linear_graph.detach())
+    assert torch.equal(fast.mish(x), mish_plain)  # plain inputs need no graph either, with grad mode on
+
+
 def test_compiled_relu_has_torchs_values_and_gradient():
     """The ReLU the compiled critic uses (backward from the output, no bool mask) gives exactly
     F.relu's numbers, at 0 too (relu′(0) = 0 in both), eagerly and compiled."""
