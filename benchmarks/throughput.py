@@ -545,9 +545,13 @@ def main() -> int:
     if "memory" not in skip:
         log(f"[throughput] memory, load {load()}")
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-        with multiprocessing.get_context("spawn").Pool(1) as pool:  # a fresh process: its RSS is the run's own
-            res["memory"] = with_steal(pool.apply, section_memory, (args.memory_steps or (2000 if args.quick else 20000), args.threads))
+        # A fresh process, so that its RSS is the run's own. An executor lets its worker exit by itself; a
+        # Pool kills it, and a semaphore the run had made there was then reported as leaked at exit.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            steps = args.memory_steps or (2000 if args.quick else 20000)
+            res["memory"] = with_steal(lambda: pool.submit(section_memory, steps, args.threads).result())
     for extra in devices[1:]:  # a GPU beside the CPU: its updates and stacked seeds, where stacking pays most
         log(f"[throughput] updates on {extra}")
         res[f"updates_{extra.type}"] = with_steal(section_updates, extra, reps, n=20)
