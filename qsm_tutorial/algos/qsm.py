@@ -78,7 +78,7 @@ class QSMConfig:
     buffer_size: int = doc(1_000_000, "replay buffer capacity (paper: 1e6)")
     device: str = doc("auto", "torch device: auto (CUDA if present), cpu or cuda")
     fast: bool = doc(True, "fast update (algos/fast.py: fused Adam, one-exp Mish, time features hoisted); --no-fast = the plain reference update; both agree to float32 rounding")
-    compile: bool = doc(False, "torch.compile the fast update's two losses (forward and backward): 10-30 % more updates/s on a 2-core CPU after 25-60 s of compiling at the first update (needs a C++ compiler); for long runs; needs --fast")
+    compile: bool = doc(False, "torch.compile the fast update's two losses (forward and backward): 10-35 % more updates/s on a 2-core CPU after 25-60 s of compiling at the first update (needs a C++ compiler); for long runs; needs --fast")
 
     def __post_init__(self):
         resolve_device(self.device)  # a bad device fails here, before a run directory is made
