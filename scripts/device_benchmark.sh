@@ -3,7 +3,7 @@
 # (3.12) has torch, numpy, matplotlib and tqdm but no simulator, and it cannot download anything, so
 # the simulators travel as wheels in .whl/ (ignored by git; `carry` takes them along).
 #
-#   here, once:  bash scripts/device_benchmark.sh prepare      # about 37 MB of wheels into .whl/
+#   here, once:  bash scripts/device_benchmark.sh prepare      # about 38 MB of wheels into .whl/
 #   there:       run(command="bash scripts/device_benchmark.sh run", carry=[".whl"], timeout_s=600)
 #                -> $OUT/throughput_cuda.json and $OUT/throughput_cuda.log come back
 #
