@@ -50,10 +50,46 @@ def _kernel_env() -> dict[str, str]:
     return env
 
 
+POLL_SLICE_S = 1.0
+
+
+def poll_kernel_channels_in_slices() -> None:
+    """Make the async kernel client (papermill's, through nbclient) wait for a message in 1 s polls.
+
+    Why: now and then the client missed the wake-up of a message that had arrived. The kernel had
+    finished a cell that displays widgets and sent its reply, but nbclient's wait on the shell channel,
+    one ``poll`` with the cell timeout (900 s), only saw the reply when that poll ended: a CI run stood
+    still for 15 minutes on notebook 02's explorer cell (seen 2026-12-03, ipykernel 6.31, pyzmq 27.3,
+    jupyter_client 8.10; a second client got the kernel's replies at once, and it had executed the cell).
+    nbclient#312 reports the same with widgets. A poll that ends finds the waiting message, so short
+    polls bound such a stall to about a second. nbval's client is the blocking one and is not affected."""
+    from jupyter_client.channels import AsyncZMQSocketChannel
+
+    if getattr(AsyncZMQSocketChannel.get_msg, "polls_in_slices", False):
+        return
+
+    async def get_msg(self, timeout: float | None = None):
+        from queue import Empty
+        from time import monotonic
+
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - monotonic()
+            wait = POLL_SLICE_S if left is None else max(0.0, min(POLL_SLICE_S, left))
+            if await self.socket.poll(int(wait * 1000)):
+                return await self._recv()
+            if left is not None and left <= POLL_SLICE_S:
+                raise Empty
+
+    get_msg.polls_in_slices = True
+    AsyncZMQSocketChannel.get_msg = get_msg
+
+
 def execute(notebook: str | Path, output: str | Path, parameters: dict, cwd: str | Path) -> None:
     """Run ``notebook`` with papermill into ``output`` (raises ``PapermillExecutionError`` on an error)."""
     import papermill as pm
 
+    poll_kernel_channels_in_slices()
     env = _kernel_env()
     old = dict(os.environ)
     os.environ.update(env)  # papermill starts the kernel with this process's environment
@@ -102,6 +138,48 @@ def test_notebook_runs_and_checked_outputs_reproduce(name, tmp_path):
         cwd=tmp_path, env=_kernel_env(), capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, f"nbval failed on {name}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
+
+
+def test_sliced_kernel_polls_return_a_late_message_and_time_out_on_time():
+    """The patched async channel (``poll_kernel_channels_in_slices``) still delivers a message that
+    arrives several slices late, and still raises Empty when its timeout passes, not a slice later."""
+    import asyncio
+    import time
+    from queue import Empty
+
+    import zmq
+    import zmq.asyncio
+    from jupyter_client.channels import AsyncZMQSocketChannel
+    from jupyter_client.session import Session
+
+    poll_kernel_channels_in_slices()
+    session, ctx = Session(), zmq.asyncio.Context()
+    receiver, sender = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    port = receiver.bind_to_random_port("tcp://127.0.0.1")
+    sender.connect(f"tcp://127.0.0.1:{port}")
+    channel = AsyncZMQSocketChannel(receiver, session)
+
+    async def scenario():
+        t0 = time.monotonic()
+        with pytest.raises(Empty):
+            await channel.get_msg(timeout=0.3)
+        timed_out_after = time.monotonic() - t0
+
+        async def send_late():
+            await asyncio.sleep(2.5 * POLL_SLICE_S)
+            await sender.send_multipart(session.serialize(session.msg("status", {"execution_state": "idle"})))
+
+        task = asyncio.ensure_future(send_late())
+        msg = await channel.get_msg(timeout=10 * POLL_SLICE_S)
+        await task
+        return timed_out_after, msg
+
+    try:
+        timed_out_after, msg = asyncio.run(scenario())
+    finally:
+        receiver.close(linger=0), sender.close(linger=0), ctx.term()
+    assert 0.25 <= timed_out_after < 0.3 + POLL_SLICE_S / 2
+    assert msg["header"]["msg_type"] == "status" and msg["content"] == {"execution_state": "idle"}
 
 
 # ----------------------------------------------------------------------------------------------
