@@ -27,7 +27,9 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from queue import Empty
 
 import pytest
 
@@ -69,16 +71,12 @@ def poll_kernel_channels_in_slices() -> None:
         return
 
     async def get_msg(self, timeout: float | None = None):
-        from queue import Empty
-        from time import monotonic
-
-        deadline = None if timeout is None else monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            left = None if deadline is None else deadline - monotonic()
-            wait = POLL_SLICE_S if left is None else max(0.0, min(POLL_SLICE_S, left))
+            wait = POLL_SLICE_S if deadline is None else max(0.0, min(POLL_SLICE_S, deadline - time.monotonic()))
             if await self.socket.poll(int(wait * 1000)):
                 return await self._recv()
-            if left is not None and left <= POLL_SLICE_S:
+            if deadline is not None and time.monotonic() >= deadline:
                 raise Empty
 
     get_msg.polls_in_slices = True
@@ -144,8 +142,6 @@ def test_sliced_kernel_polls_return_a_late_message_and_time_out_on_time():
     """The patched async channel (``poll_kernel_channels_in_slices``) still delivers a message that
     arrives several slices late, and still raises Empty when its timeout passes, not a slice later."""
     import asyncio
-    import time
-    from queue import Empty
 
     import zmq
     import zmq.asyncio
@@ -211,8 +207,6 @@ def test_committed_outputs_have_no_errors_and_no_machine_paths(name):
 def update(names: list[str]) -> None:
     """Execute notebooks at their defaults, in place, from ``notebooks/`` (figures go to ``figures/``),
     and drop papermill's per-run metadata (timestamps, durations) so re-runs diff cleanly."""
-    import time
-
     import nbformat
 
     for name in names:
