@@ -32,7 +32,7 @@ test-fast: install  ## unit tests only (no notebooks, no slow training)
 bench: install  ## throughput benchmark (prints a table)
 	$(BIN)/python benchmarks/throughput.py
 
-browser-test: install  ## JupyterLab + headless Chromium run notebook 02 and move the explorer's slider (screenshots in figures/browser/)
+browser-test: install  ## JupyterLab + headless Chromium run notebooks 02 and 04 and move each explorer's slider (screenshots in figures/browser/)
 	bash scripts/install_browser.sh $(BIN)/python
 	$(BIN)/python scripts/browser_test.py --out figures/browser
 

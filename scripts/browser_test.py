@@ -1,24 +1,32 @@
-"""A browser test of the bandit field explorer: JupyterLab + headless Chromium (Selenium).
+"""A browser test of the course's two explorers: JupyterLab + headless Chromium (Selenium).
 
     python scripts/browser_test.py --out figures/browser       # or: make browser-test
+    python scripts/browser_test.py --explorers bandit          # one of them
+
+The explorers (``--explorers``, default both, in this order):
+
+- ``bandit``: notebook 02's field explorer, its **updates** slider; screenshots ``browser_explorer_*``;
+- ``gridworld``: notebook 04's gridworld explorer, its **slip** slider; screenshots ``browser_gridworld_*``.
 
 What it does, one printed line per stage (with the seconds since the start):
 
-1. copies ``notebooks/02_qsm_on_bandits.ipynb`` into a temporary directory, without its outputs
-   and saved widget state, with ``smoke = True`` (papermill's injected-parameters cell: tiny
-   budgets) and ``figures_dir`` inside the temporary directory;
+1. copies each notebook into a temporary directory, without its outputs and saved widget state,
+   with ``smoke = True`` (papermill's injected-parameters cell: tiny budgets) and ``figures_dir``
+   inside the temporary directory;
 2. starts ``jupyter lab`` on 127.0.0.1 (a free port, a random token, its own settings,
    workspaces and runtime directories; notebook windowing off, so every cell is in the page);
 3. starts headless Chromium (Debian's ``chromium`` and ``chromedriver``; Selenium Manager is never
-   asked to download anything), opens the notebook and waits for the kernel;
+   asked to download anything); then for each explorer, in a workspace of its own (only that
+   notebook open), opens the notebook and waits for the kernel;
 4. clicks *Run > Run All Cells* in the menu bar and waits until every code cell has an execution
    count; fails if any cell shows an error (a traceback);
-5. finds the explorer (the widget box with the sliders above the figure output), saves
-   ``browser_explorer_before.png`` (the page) and ``browser_explorer_plot_before.png`` (the widget),
-   drags the **updates** slider to the left (keyboard arrows if the drag did not move it), waits
-   for a new image in the figure output, saves ``browser_explorer_after.png`` and
-   ``browser_explorer_plot_after.png``, and checks that the slider's readout and the figure changed;
-6. shuts the kernel, the server and the browser down (also on failure; on failure it saves
+5. finds the explorer (the widget box with the slider above the figure output), saves
+   ``<prefix>_before.png`` (the page) and ``<prefix>_plot_before.png`` (the widget), drags the
+   slider to its far end (the end away from the handle; the keyboard if the drag did not move it),
+   waits for a new image in the figure output, saves ``<prefix>_after.png`` and
+   ``<prefix>_plot_after.png``, checks that the slider's readout and the figure changed, and shuts
+   that notebook's kernel down;
+6. shuts the server and the browser down (also on failure; on failure it saves
    ``browser_failure.png`` and prints the tail of the server's log).
 
 Exit status 0 when every check passed, 1 otherwise. Needs ``chromium``, ``chromium-driver`` and
@@ -43,11 +51,26 @@ import time
 import traceback
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "02_qsm_on_bandits.ipynb"
 T0 = time.perf_counter()
+
+
+@dataclass(frozen=True)
+class ExplorerCase:
+    """A notebook whose explorer is tested: the slider to move, and the screenshots' name prefix."""
+
+    notebook: Path
+    slider: str
+    prefix: str
+
+
+EXPLORERS = {
+    "bandit": ExplorerCase(ROOT / "notebooks" / "02_qsm_on_bandits.ipynb", "updates", "browser_explorer"),
+    "gridworld": ExplorerCase(ROOT / "notebooks" / "04_gridworld_and_theory.ipynb", "slip", "browser_gridworld"),
+}
 
 
 class BrowserTestFailure(Exception):
@@ -173,7 +196,15 @@ class Lab:
         return urllib.request.urlopen(req, timeout=10)
 
     def url(self, notebook: str) -> str:
-        return f"{self.base}/lab/tree/{notebook}?token={self.token}"
+        """The notebook in a workspace of its own: only it is open (no tab of an earlier notebook)."""
+        workspace = Path(notebook).stem.replace("_", "-")
+        return f"{self.base}/lab/workspaces/{workspace}/tree/{notebook}?token={self.token}"
+
+    def shutdown_kernels(self) -> None:
+        with self.api("GET", "/api/kernels") as r:
+            kernels = json.load(r)
+        for k in kernels:
+            self.api("DELETE", f"/api/kernels/{k['id']}").close()
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -185,10 +216,7 @@ class Lab:
         if self.proc is None or self.proc.poll() is not None:
             return
         try:  # kernels run in their own sessions: ask the server to shut them down first
-            with self.api("GET", "/api/kernels") as r:
-                kernels = json.load(r)
-            for k in kernels:
-                self.api("DELETE", f"/api/kernels/{k['id']}").close()
+            self.shutdown_kernels()
         except Exception as e:  # noqa: BLE001 (best effort; the server's own shutdown also stops them)
             print(f"  (could not shut the kernels down through the API: {e})")
         os.killpg(self.proc.pid, signal.SIGTERM)
@@ -245,25 +273,26 @@ return Array.from(document.querySelectorAll('.jp-Notebook .jp-OutputArea-output[
             .map(e => e.textContent);
 """
 
-# The explorer: the widget box that holds the 'updates' slider and a figure output with an image.
+# The explorer: the widget box that holds the slider labelled arguments[0] and a figure output with an image.
 JS_EXPLORER = """
+const label = arguments[0];
 const boxes = Array.from(document.querySelectorAll('.jp-Notebook .widget-vbox'));
 for (const box of boxes) {
   const sliders = Array.from(box.querySelectorAll('.widget-slider'));
-  const updates = sliders.find(s => (s.querySelector('label') || {}).textContent === 'updates');
+  const slider = sliders.find(s => (s.querySelector('label') || {}).textContent === label);
   const img = box.querySelector('.widget-output img');
-  if (updates && img) {
-    return {box: box, slider: updates, track: updates.querySelector('.noUi-target, .slider'),
-            handle: updates.querySelector('.noUi-handle'), img: img,
-            readout: updates.querySelector('.widget-readout')};
+  if (slider && img) {
+    return {box: box, slider: slider, track: slider.querySelector('.noUi-target, .slider'),
+            handle: slider.querySelector('.noUi-handle'), img: img,
+            readout: slider.querySelector('.widget-readout')};
   }
 }
 return null;
 """
 
 
-def explorer(driver) -> dict | None:
-    return driver.execute_script(JS_EXPLORER)
+def explorer(driver, slider: str) -> dict | None:
+    return driver.execute_script(JS_EXPLORER, slider)
 
 
 # Read in the page in one step: the widget replaces its elements when it redraws, so an element
@@ -273,14 +302,14 @@ return ex ? [ex.img.getAttribute('src') || '', ex.readout.textContent.trim()] : 
 """
 
 
-def plot_state(driver) -> tuple[str, str] | None:
+def plot_state(driver, slider: str) -> tuple[str, str] | None:
     """The explorer's figure (its image source) and slider readout; None while it is absent."""
-    state = driver.execute_script(JS_PLOT_STATE)
+    state = driver.execute_script(JS_PLOT_STATE, slider)
     return tuple(state) if state else None
 
 
-def current_plot_state(driver) -> tuple[str, str]:
-    return wait_for(lambda: plot_state(driver), 30, "the explorer's figure and readout", interval=0.2)
+def current_plot_state(driver, slider: str) -> tuple[str, str]:
+    return wait_for(lambda: plot_state(driver, slider), 30, "the explorer's figure and readout", interval=0.2)
 
 
 def decode_png(src: str):
@@ -333,47 +362,52 @@ def run_notebook(driver, lab: Lab, notebook: Path, timeout: float) -> None:
     stage(f"all cells ran without errors ({progress()})")
 
 
-def move_slider(driver, out: Path, screenshot, slider_input: str = "drag") -> None:
+def move_slider(driver, case: ExplorerCase, out: Path, screenshot, slider_input: str = "drag") -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
-    ex = wait_for(lambda: explorer(driver), 60, "the explorer (a 'updates' slider above a figure)")
+    label, prefix = case.slider, case.prefix
+    ex = wait_for(lambda: explorer(driver, label), 60, f"the explorer (a {label!r} slider above a figure)")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", ex["box"])
     time.sleep(1.0)
-    src0, readout0 = current_plot_state(driver)
+    src0, readout0 = current_plot_state(driver, label)
     before = decode_png(src0)
-    screenshot("browser_explorer_before.png")
-    ex["box"].screenshot(str(out / "browser_explorer_plot_before.png"))
-    stage(f"explorer found: 'updates' slider at {readout0!r}, figure {before.shape[1]}x{before.shape[0]} px")
+    screenshot(f"{prefix}_before.png")
+    ex["box"].screenshot(str(out / f"{prefix}_plot_before.png"))
+    stage(f"explorer found: {label!r} slider at {readout0!r}, figure {before.shape[1]}x{before.shape[0]} px")
 
-    # As a user would: drag the handle to the left end of its track (continuous_update=False: the
-    # value is sent on release), or focus the handle and press Home (noUiSlider's keyboard support).
+    # As a user would: drag the handle to the far end of its track (the end away from it;
+    # continuous_update=False: the value is sent on release), or focus the handle and press Home or
+    # End (noUiSlider's keyboard support).
+    track = ex["track"]
+    handle_x = ex["handle"].location["x"] + ex["handle"].size["width"] / 2
+    toward_right = handle_x < track.location["x"] + track.size["width"] / 2
     how = "dragged"
     if slider_input == "drag":
-        width = ex["track"].size["width"]
-        ActionChains(driver).click_and_hold(ex["handle"]).pause(0.2).move_by_offset(-width, 0).pause(0.2).release().perform()
+        offset = track.size["width"] * (1 if toward_right else -1)
+        ActionChains(driver).click_and_hold(ex["handle"]).pause(0.2).move_by_offset(offset, 0).pause(0.2).release().perform()
         try:
-            wait_for(lambda: (plot_state(driver) or ("", readout0))[1] != readout0, 5, "the readout to change", interval=0.2)
+            wait_for(lambda: (plot_state(driver, label) or ("", readout0))[1] != readout0, 5, "the readout to change", interval=0.2)
         except BrowserTestFailure:
             slider_input = "keys"  # the drag did not move it: the keyboard, as a user could too
     if slider_input == "keys":
-        ex = explorer(driver)
+        ex = explorer(driver, label)
         ex["handle"].click()
-        ex["handle"].send_keys(Keys.HOME)
-        how = "moved (Home key)"
-    stage(f"{how} the 'updates' slider")
+        ex["handle"].send_keys(Keys.END if toward_right else Keys.HOME)
+        how = f"moved ({'End' if toward_right else 'Home'} key)"
+    stage(f"{how} the {label!r} slider to the {'right' if toward_right else 'left'}")
 
     def new_image():
-        state = plot_state(driver)
+        state = plot_state(driver, label)
         return state if state and state[0] != src0 else None
 
     src1, readout1 = wait_for(new_image, 60, "the figure to change after the slider moved", interval=0.2)
     time.sleep(1.0)  # let any further redraw land before the screenshot
-    src1, readout1 = current_plot_state(driver)
+    src1, readout1 = current_plot_state(driver, label)
     after = decode_png(src1)
-    ex = explorer(driver)
-    screenshot("browser_explorer_after.png")
-    ex["box"].screenshot(str(out / "browser_explorer_plot_after.png"))
+    ex = explorer(driver, label)
+    screenshot(f"{prefix}_after.png")
+    ex["box"].screenshot(str(out / f"{prefix}_plot_after.png"))
     if readout1 == readout0:
         raise BrowserTestFailure(f"the slider's readout did not change ({readout0!r})")
     if after.shape != before.shape:
@@ -385,14 +419,22 @@ def move_slider(driver, out: Path, screenshot, slider_input: str = "drag") -> No
     stage(f"slider {readout0!r} -> {readout1!r}: the figure changed ({changed:.1%} of its pixels differ)")
 
 
+def parse_explorers(text: str) -> list[ExplorerCase]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in EXPLORERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown explorer {unknown or text!r}: use a comma-separated list of {', '.join(EXPLORERS)}")
+    return [EXPLORERS[n] for n in names]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "figures" / "browser", help="folder of the screenshots (default figures/browser)")
-    p.add_argument("--notebook", type=Path, default=NOTEBOOK, help="the notebook to run (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=600, help="seconds allowed for running every cell (default 600)")
+    p.add_argument("--explorers", type=parse_explorers, default=list(EXPLORERS.values()), help=f"which explorers, comma-separated (default: all, {','.join(EXPLORERS)})")
+    p.add_argument("--timeout", type=float, default=600, help="seconds allowed for running every cell of a notebook (default 600)")
     p.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))
     p.add_argument("--chromedriver", default=os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
-    p.add_argument("--slider-input", choices=["drag", "keys"], default="drag", help="drag the handle with the mouse (default; the keyboard if that fails) or press Home on it")
+    p.add_argument("--slider-input", choices=["drag", "keys"], default="drag", help="drag the handle with the mouse (default; the keyboard if that fails) or press Home/End on it")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory (notebook, server and driver logs)")
     args = p.parse_args(argv)
 
@@ -409,15 +451,17 @@ def main(argv: list[str] | None = None) -> int:
         driver.save_screenshot(str(out / name))
 
     try:
-        notebook = prepare_notebook(args.notebook.resolve(), workdir, state / "figures")
-        stage(f"prepared {notebook.name} (smoke=True) in {workdir}")
+        notebooks = [prepare_notebook(case.notebook, workdir, state / "figures") for case in args.explorers]
+        stage(f"prepared {', '.join(nb.name for nb in notebooks)} (smoke=True) in {workdir}")
         lab = Lab(workdir, state)
         lab.start()
         stage(f"JupyterLab answers on 127.0.0.1:{lab.port}")
         driver = start_browser(args.chromium, args.chromedriver, state / "chromium-profile", state / "chromedriver.log")
         stage(f"headless Chromium {driver.capabilities.get('browserVersion', '?')} started")
-        run_notebook(driver, lab, notebook, args.timeout)
-        move_slider(driver, out, screenshot, args.slider_input)
+        for case, notebook in zip(args.explorers, notebooks):
+            run_notebook(driver, lab, notebook, args.timeout)
+            move_slider(driver, case, out, screenshot, args.slider_input)
+            lab.shutdown_kernels()  # the next notebook runs alone on the CPU
         ok = True
     except Exception as e:  # noqa: BLE001 (every failure: report, clean up, exit 1)
         stage(f"FAILED: {type(e).__name__}: {e}")
@@ -445,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
         stage("browser, kernel and server shut down")
     if ok:
-        shots = sorted(p.name for p in out.glob("browser_explorer_*.png"))
+        shots = sorted(p.name for case in args.explorers for p in out.glob(f"{case.prefix}_*.png"))
         stage(f"PASSED; screenshots in {out}: {', '.join(shots)}")
     return 0 if ok else 1
 

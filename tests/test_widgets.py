@@ -112,3 +112,33 @@ def test_gridworld_explorer_update_changes_the_drawn_data():
     assert "two-routes" in ex.map_title.get_text()
     with pytest.raises(ValueError, match="not a valid value"):
         ex.update(cell=10_000)
+
+
+def load_browser_test():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "browser_test.py"
+    spec = importlib.util.spec_from_file_location("browser_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (dataclasses look their module up there)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_browser_tests_sliders_exist_in_the_explorers_their_notebooks_show(snapshots):
+    # `make browser-test` (the last step of CI) looks for these slider labels in these notebooks:
+    # a renamed control or explorer call fails here, in seconds, rather than there.
+    bt = load_browser_test()
+    built = {"bandit": (widgets.explore_bandit(snapshots, n_arrows=7, n_samples=32), "explore_bandit("),
+             "gridworld": (widgets.explore_gridworld("cliff", n_samples=50), "explore_gridworld(")}  # fmt: skip
+    assert set(bt.EXPLORERS) == set(built)
+    for name, case in bt.EXPLORERS.items():
+        explorer, call = built[name]
+        sliders = [c.description for c in explorer.controls.values() if "Slider" in type(c).__name__]
+        assert case.slider in sliders, (name, sliders)
+        assert call in case.notebook.read_text(), case.notebook
+    assert bt.parse_explorers("gridworld, bandit") == [bt.EXPLORERS["gridworld"], bt.EXPLORERS["bandit"]]
+    with pytest.raises(Exception, match="unknown explorer"):
+        bt.parse_explorers("bandit,cartpole")
