@@ -59,7 +59,6 @@ from .algos.qsm import QSMAgent
 from .replay import ReplayBuffer
 from .train import (
     CHECKPOINT_FORMAT,
-    DEFAULT_TOTAL_STEPS,
     LOOP_FIELDS,
     METRIC_COLUMNS,
     TIMING_COLUMNS,
@@ -74,9 +73,9 @@ from .train import (
     evaluate,
     first_nonfinite,
     make_config,
-    preset_for,
     rng_state,
     seed_everything,
+    step_budget,
     train,
     updates_due,
 )
@@ -239,7 +238,7 @@ def train_seeds(
             buffers.append(ReplayBuffer(obs_dim, act_dim, config.buffer_size))
             rngs.append(SeedRandomState())
         SeedRandomState._restore(outer.state)
-        total_steps = total_steps or DEFAULT_TOTAL_STEPS[preset_for(env_id)]
+        total_steps = step_budget(total_steps, env_id)
         stores = [RunDir(d) if d is not None else None for d in run_dirs]
         records = [_run_record(algo, env_id, s, total_steps, loop, config, obs_dim, act_dim, agents[0].device) for s in seeds]
         for store, record in zip(stores, records):

@@ -53,7 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import algos, envs
-from .algos.common import doc
+from .algos.common import cli_flag, doc, is_count
 from .envs.bandits import Bandit2D
 from .replay import ReplayBuffer
 from .results import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, TIMING_FILE, read_csv
@@ -462,6 +462,15 @@ def updates_due(step: int, config, ratio: float) -> int:
     return math.floor(ratio * (step - learning_from)) if step > learning_from else 0
 
 
+def step_budget(total_steps: int | None, env_id: str) -> int:
+    """``total_steps``, or the env family's ``DEFAULT_TOTAL_STEPS`` when it is None."""
+    if total_steps is None:
+        return DEFAULT_TOTAL_STEPS[preset_for(env_id)]
+    if not is_count(total_steps):
+        raise ValueError(f"total_steps (--total-steps) must be an integer >= 1, or left out for the env's default; got {total_steps!r}")
+    return total_steps
+
+
 def _run_record(algo, env_id, seed, total_steps, loop, config, obs_dim, act_dim, device) -> dict:
     """The resolved config of a run, as JSON (``config.json``)."""
     record = {
@@ -544,7 +553,7 @@ def train(
     env, eval_env, env_id, made_here = _make_envs(env_or_id, seed)
     try:
         config = make_config(algo, env_id, preset, **overrides)
-        total_steps = total_steps or DEFAULT_TOTAL_STEPS[preset_for(env_id)]
+        total_steps = step_budget(total_steps, env_id)
         agent_cls, _ = algos.get(algo)
         obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
         agent = agent_cls(obs_dim, act_dim, config)
@@ -648,10 +657,6 @@ def metrics_last(log: CsvLog, key: str) -> float | None:
 # ----------------------------------------------------------------------------------------------
 # The command line: every config field becomes a flag, its doc the help
 # ----------------------------------------------------------------------------------------------
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _cli_type(hint) -> tuple[Callable[[str], Any] | None, dict]:
     """argparse ``type`` and extra kwargs for a dataclass field's type hint."""
     if hint is bool:
@@ -674,7 +679,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls, title: str
         if parse is not None:
             extra["type"] = parse
         help_text = f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%")
-        group.add_argument(_flag(f.name), dest=f.name, default=argparse.SUPPRESS, help=help_text, **extra)
+        group.add_argument(cli_flag(f.name), dest=f.name, default=argparse.SUPPRESS, help=help_text, **extra)
 
 
 def build_parser(algo: str) -> argparse.ArgumentParser:
@@ -749,6 +754,10 @@ def parse_cli(argv: list[str] | None = None) -> dict:
             if args[arg] is None:
                 args[arg] = saved[key]
     if args["env"] is None:
+        if known.resume and known.run_dir:  # (saved is None: say why, not what to type)
+            RunDir(Path(known.run_dir)).saved_config()  # a config.json that is not a run's: its own error
+            raise RunDirError(f"nothing to resume in {known.run_dir}: it has no config.json; "
+                              "pass --env (and --algo) to start a new run there")  # fmt: skip
         raise RunDirError("--env is required (or --run-dir with --resume)")
     threads = args.pop("threads")
     if threads:

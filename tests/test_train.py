@@ -16,6 +16,7 @@ import torch
 
 import qsm_tutorial
 from qsm_tutorial import envs, results
+from qsm_tutorial.algos.qsm import QSMConfig
 from qsm_tutorial.algos.sac import SACAgent
 from qsm_tutorial.train import (
     CHECKPOINT_FORMAT,
@@ -377,3 +378,38 @@ def test_cli_device_torch_cannot_use_is_a_one_line_error_before_any_run_dir(caps
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "sees no CUDA GPU" in err
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("algo", "flags", "message"),
+    [
+        ("qsm", ["--batch-size", "0"], "batch_size (--batch-size) must be an integer >= 1, got 0"),
+        ("qsm", ["--T", "0"], "T (--T) must be an integer >= 1"),
+        ("qsm", ["--actor-hidden", "128,0"], "actor_hidden (--actor-hidden) must be one or more layer widths >= 1"),
+        ("qsm", ["--prior-std", "nan"], "prior_std (--prior-std) must be >= 0, got nan"),
+        ("qsm", ["--alpha", "0"], "alpha (--alpha) must be > 0"),
+        ("sac", ["--tau", "0"], "tau (--tau) must be in (0, 1]"),
+        ("sac", ["--init-temperature", "-1"], "init_temperature (--init-temperature) must be > 0"),
+        ("td3", ["--gamma", "1.5"], "gamma (--gamma) must be in [0, 1]"),
+        ("td3", ["--actor-delay", "0"], "actor_delay (--actor-delay) must be an integer >= 1"),
+        ("qsm", ["--total-steps", "-5"], "total_steps (--total-steps) must be an integer >= 1"),
+        ("qsm", ["--total-steps", "0", "--seeds", "0,1"], "total_steps (--total-steps) must be an integer >= 1"),
+    ],
+)
+def test_values_no_run_can_use_are_one_line_errors_naming_the_flag(capsys, tmp_path, algo, flags, message):
+    # before these checks a batch of 0 trained into NaNs at the first update, and a negative budget ran nothing
+    run_dir = tmp_path / "run"
+    err = one_line_error(capsys, ["--algo", algo, "--env", "bandit/ring", "--run-dir", str(run_dir), *flags])
+    assert message in err, err
+    assert not run_dir.exists()
+
+
+def test_config_counts_accept_numpy_integers_and_refuse_floats():
+    assert QSMConfig(batch_size=np.int64(64), actor_hidden=(np.int64(32), 32)).batch_size == 64  # e.g. from a sweep
+    with pytest.raises(ValueError, match="buffer_size"):
+        QSMConfig(buffer_size=1e6)
+
+
+def test_resuming_an_empty_run_dir_says_there_is_nothing_to_resume(capsys, tmp_path):
+    err = one_line_error(capsys, ["--run-dir", str(tmp_path / "nothing"), "--resume"])
+    assert "nothing to resume in" in err and "no config.json" in err, err

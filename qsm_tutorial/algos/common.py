@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from contextlib import contextmanager
 from dataclasses import field, replace
 from typing import Any, Iterator
@@ -20,6 +21,11 @@ def doc(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def cli_flag(name: str) -> str:
+    """The command-line flag of a config field: ``batch_size`` → ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
 def config_help(config_cls) -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config_cls)}
 
@@ -35,6 +41,48 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__}); use auto or cpu")
     return resolved
+
+
+# Values no run can use, checked where each config is made (``check_config``); a config checks the
+# fields it has. Everything else (a discount of 0, no warm-up, ...) is allowed: it may be a lesson.
+POSITIVE_INTS = ("batch_size", "buffer_size", "T", "langevin_steps", "action_candidates", "actor_delay")
+NON_NEGATIVE = ("warmup_steps", "actor_lr_decay_steps", "exploration_noise", "target_noise", "target_noise_clip",
+                "temperature", "denoise_weight", "prior_std")  # fmt: skip
+POSITIVE = ("actor_lr", "critic_lr", "temperature_lr", "init_temperature", "alpha", "langevin_step_size")
+
+
+def is_count(value) -> bool:
+    """An integer >= 1 (a NumPy integer too; not a bool, not a float such as 1e6)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def check_config(cfg) -> None:
+    """A one-line ``ValueError`` naming the field (and its CLI flag) for a value no run can use;
+    called by every algorithm's config when it is made, so a bad value fails before any training."""
+
+    def bad(name: str, rule: str) -> ValueError:
+        return ValueError(f"{name} ({cli_flag(name)}) must be {rule}, got {getattr(cfg, name)!r}")
+
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    for name in fields & set(POSITIVE_INTS):
+        value = getattr(cfg, name)
+        if not is_count(value):
+            raise bad(name, "an integer >= 1")
+    for name in fields & set(NON_NEGATIVE):
+        if not getattr(cfg, name) >= 0:  # (also refuses NaN)
+            raise bad(name, ">= 0")
+    for name in fields & set(POSITIVE):
+        if not getattr(cfg, name) > 0:
+            raise bad(name, "> 0")
+    if not 0 <= cfg.gamma <= 1:
+        raise bad("gamma", "in [0, 1]")
+    if not 0 < cfg.tau <= 1:
+        raise bad("tau", "in (0, 1]")
+    for name in ("actor_hidden", "critic_hidden"):
+        widths = getattr(cfg, name)
+        if not widths or not all(is_count(w) for w in widths):
+            raise bad(name, "one or more layer widths >= 1, such as 256,256")
+    resolve_device(cfg.device)  # a bad device fails here, before a run directory is made
 
 
 class TwinCritic(nn.Module):

@@ -46,7 +46,7 @@ from torch import Tensor
 from ..diffusion import Denoiser, NoiseSchedule, add_noise, ddpm_sample, gaussian_prior_eps, langevin_sample
 from ..replay import Batch
 from . import fast
-from .common import Checkpointable, TwinCritic, apply_preset, critic_loss, critic_target, doc, polyak_update, resolve_device
+from .common import Checkpointable, TwinCritic, apply_preset, check_config, critic_loss, critic_target, doc, polyak_update, resolve_device
 
 
 @dataclass
@@ -81,15 +81,9 @@ class QSMConfig:
     compile: bool = doc(False, "torch.compile the fast update's two losses (forward and backward): 10-35 % more updates/s on a 2-core CPU after 25-60 s of compiling at the first update (needs a C++ compiler); for long runs; needs --fast")
 
     def __post_init__(self):
-        resolve_device(self.device)  # a bad device fails here, before a run directory is made
+        check_config(self)
         if self.sampler not in ("ddpm", "langevin"):
             raise ValueError(f"sampler must be 'ddpm' or 'langevin', got {self.sampler!r}")
-        if self.prior_std < 0:
-            raise ValueError(f"prior_std must be >= 0 (0 = no prior), got {self.prior_std}")
-        if self.action_candidates < 1:
-            raise ValueError(f"action_candidates must be >= 1, got {self.action_candidates}")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0 (it is an inverse temperature), got {self.alpha}")
         if self.compile and not self.fast:
             raise ValueError("compile=True compiles the fast update: drop --no-fast (fast=False), or drop --compile")
 

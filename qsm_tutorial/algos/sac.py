@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..diffusion import mlp, xavier_init_
 from ..replay import Batch
-from .common import Checkpointable, TwinCritic, apply_preset, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
+from .common import Checkpointable, TwinCritic, apply_preset, check_config, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
 
 # The clip range of log σ in the authors' Gaussian head (jaxrl5's Normal: -20, 2).
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -56,9 +56,7 @@ class SACConfig:
     device: str = doc("auto", "torch device: auto (CUDA if present), cpu or cuda")
 
     def __post_init__(self):
-        resolve_device(self.device)  # a bad device fails here, before a run directory is made
-        if self.init_temperature <= 0:
-            raise ValueError(f"init_temperature must be > 0, got {self.init_temperature}")
+        check_config(self)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "SACConfig":

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..diffusion import mlp, xavier_init_
 from ..replay import Batch
-from .common import Checkpointable, TwinCritic, apply_preset, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
+from .common import Checkpointable, TwinCritic, apply_preset, check_config, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
 
 
 @dataclass
@@ -52,9 +52,7 @@ class TD3Config:
     device: str = doc("auto", "torch device: auto (CUDA if present), cpu or cuda")
 
     def __post_init__(self):
-        resolve_device(self.device)  # a bad device fails here, before a run directory is made
-        if self.actor_delay < 1:
-            raise ValueError(f"actor_delay must be >= 1, got {self.actor_delay}")
+        check_config(self)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "TD3Config":
