@@ -30,11 +30,11 @@ actions, episodes, metrics, evaluations and final weights. Why that holds:
 The lockstep loop acts, stores and updates every seed at each env step, so all seeds finish
 together. The speed-up is in the updates, where per-operation overhead is shared: at 64×64 one
 stacked update of four seeds costs about twice one seed's (1.9-2.1× faster than four single
-updates with one torch thread, 2.4× with two; the whole loop 1.6-2.1×, since acting stays per
+updates with one torch thread, 2.4× with two; the whole loop 1.5-2.1×, since acting stays per
 seed). At the paper's 512-wide networks one seed already keeps a CPU core's matrix units busy
 (0.87 of the measured compute bound on an AVX2 EPYC), so four seeds cost 3.5 times one: four times
 the FLOPs cannot take less than 4 × 0.87 ≈ 3.5 times as long on the same core
-(``benchmarks/throughput.py``; on an AVX-512 Xeon, 1.02-1.13× faster than four single updates).
+(``benchmarks/throughput.py``; on an AVX-512 Xeon, 0.93-1.13× the speed of four single updates).
 Algorithms other than QSM run their seeds one after another.
 
 With ``run_root`` each seed writes the usual run directory (``<run_root>/seed<k>``: config,

@@ -41,7 +41,7 @@ both compile without graph breaks. On a 2-core CPU it fuses the elementwise work
 matrix multiplies (a Mish is seven passes over a [256, 512] tensor in eager mode, one compiled) for
 10-35 % more updates/s than the eager fast path (``benchmarks/throughput.py`` measures it beside the
 others: 1.51× the reference path against the eager fast path's 1.34× on an AVX2 EPYC, 1.50-1.70×
-against 1.11-1.29× on an AVX-512 Xeon, whose faster matrix multiplies leave the passes a larger
+against 1.11-1.34× on an AVX-512 Xeon, whose faster matrix multiplies leave the passes a larger
 share; see ``relu`` for the one kernel that once cost the Xeon 13-16 %, and ``_StackedLinear`` for
 where the bias goes), after 25-60 s of compiling (less with Inductor's on-disk cache), and it needs
 a C++ compiler at run time: worth it for a long run, not for a notebook's first cell, so it is off
