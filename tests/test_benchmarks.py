@@ -87,3 +87,16 @@ def test_throughput_benchmark_refuses_bad_arguments_at_once(args, message):
     script = Path(__file__).parents[1] / "benchmarks" / "throughput.py"
     done = subprocess.run([sys.executable, str(script), "--quick", *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_inductor_relu_mask_benchmark_compares_two_compiled_relus_with_the_same_gradient():
+    """``benchmarks/inductor_relu_mask.py`` (the check of whether ``fast.relu``'s workaround is still
+    needed) runs: both compiled ReLUs give F.relu's gradient bit for bit (the script asserts it) and
+    their timings and ratio are printed. No timing is asserted."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "inductor_relu_mask.py"
+    done = subprocess.run([sys.executable, str(script), "--reps", "3"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "F.relu (bool mask)" in done.stdout and "fast.relu (no mask)" in done.stdout and "ratio" in done.stdout

@@ -148,7 +148,8 @@ def relu(x: Tensor) -> Tensor:
     (torch 2.13: a ReLU over [2, 256, 512] with its mask 4.3 ms compiled against 0.15 ms without,
     measured on a 2-core Xeon). With the backward written on the output, the compiled update ran
     16 % more updates/s there (A/B in one process). In eager mode the plain ``F.relu`` is the faster
-    (its backward is one fused pass; the Function here costs two, 4 % of an update)."""
+    (its backward is one fused pass; the Function here costs two, 4 % of an update).
+    ``benchmarks/inductor_relu_mask.py`` tells whether the torch at hand still needs this."""
     return _ReluFromOutput.apply(x) if torch.compiler.is_compiling() else F.relu(x)
 
 
