@@ -55,7 +55,10 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--figures", default=str(ROOT / "figures"))
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the CSVs and figure from the run dirs that exist (unfinished runs included, as far as they got)")
-    return p.parse_known_args()
+    args, extra = p.parse_known_args()
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    return args, extra
 
 
 def slug(env_id: str) -> str:

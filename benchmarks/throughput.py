@@ -514,6 +514,8 @@ def main() -> int:
     p.add_argument("--skip", default="", help="comma-separated sections to skip: loop,multiseed,memory")
     p.add_argument("--out", help="write the JSON here (default for full runs: benchmarks/results/throughput_cpu_<simd level>[_<n>threads].json, or throughput_cuda.json)")
     args = p.parse_args()
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     reps = max(5, args.reps or (5 if args.quick else 7))
     skip = set(filter(None, args.skip.split(",")))
