@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from qsm_tutorial import viz  # noqa: E402
+from qsm_tutorial.algos.common import count_argument  # noqa: E402
 from qsm_tutorial.results import CHECKPOINT_FILE, RunResult, curves_from_runs, load_run  # noqa: E402
 
 
@@ -49,16 +50,13 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--eval-every", type=int, default=1_000)
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--threshold", type=float, default=900.0, help="report the first eval step reaching this return")
-    p.add_argument("--jobs", type=int, default=2, help="runs at once (one torch thread each)")
+    p.add_argument("--jobs", type=count_argument, default=2, help="runs at once (one torch thread each)")
     p.add_argument("--runs-root", default=str(ROOT / "runs" / "benchmarks"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--figures", default=str(ROOT / "figures"))
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the CSVs and figure from the run dirs that exist (unfinished runs included, as far as they got)")
-    args, extra = p.parse_known_args()
-    if args.jobs < 1:
-        p.error(f"--jobs must be >= 1, got {args.jobs}")
-    return args, extra
+    return p.parse_known_args()
 
 
 def slug(env_id: str) -> str:

@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from qsm_tutorial.algos import fast  # noqa: E402
-from qsm_tutorial.algos.common import resolve_device  # noqa: E402
+from qsm_tutorial.algos.common import count_argument, resolve_device  # noqa: E402
 from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig  # noqa: E402
 from qsm_tutorial.algos.sac import SACAgent, SACConfig  # noqa: E402
 from qsm_tutorial.algos.td3 import TD3Agent, TD3Config  # noqa: E402
@@ -507,15 +507,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="CI size: fewer repetitions and steps")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=count_argument, default=1, help="torch threads (default 1)")
     p.add_argument("--reps", type=int, help="repetitions per measurement (default 7, quick 5; at least 5)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto (adds CUDA sections, updates and stacked seeds, when a GPU is present), cpu or cuda")
     p.add_argument("--memory-steps", type=int, help="env steps of the RSS measurement (default 20000, quick 2000)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: loop,multiseed,memory")
     p.add_argument("--out", help="write the JSON here (default for full runs: benchmarks/results/throughput_cpu_<simd level>[_<n>threads].json, or throughput_cuda.json)")
     args = p.parse_args()
-    if args.threads < 1:
-        p.error(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     reps = max(5, args.reps or (5 if args.quick else 7))
     skip = set(filter(None, args.skip.split(",")))

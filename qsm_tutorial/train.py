@@ -53,7 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import algos, envs
-from .algos.common import cli_flag, doc, is_count
+from .algos.common import cli_flag, count_argument, doc, is_count
 from .envs.bandits import Bandit2D
 from .replay import ReplayBuffer
 from .results import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, TIMING_FILE, read_csv
@@ -706,7 +706,7 @@ def build_parser(algo: str) -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--preset", choices=PRESETS, help="named config: paper (the paper's), bandit or control "
                      "(this package's deviations, documented with each algorithm's PRESETS; default: bandit for bandit/ envs, control otherwise)")
-    run.add_argument("--threads", type=_thread_count, help="torch CPU threads; 1 is fastest for small networks on a busy machine (default: torch's)")
+    run.add_argument("--threads", type=count_argument, help="torch CPU threads; 1 is fastest for small networks on a busy machine (default: torch's)")
     add_config_arguments(parser, LoopConfig, "loop")
     add_config_arguments(parser, algos.get(algo)[1], f"{algo} config")
     return parser
@@ -718,17 +718,6 @@ def _seed_list(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2,3, got {text!r}") from None
-
-
-def _thread_count(text: str) -> int:
-    """``--threads``: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of threads >= 1, got {text!r}")
-    return value
 
 
 def default_run_dir(env_id: str, algo: str, seed: int) -> Path:

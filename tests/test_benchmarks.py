@@ -79,7 +79,7 @@ def test_throughput_benchmark_runs_and_reports_its_figures():
 @pytest.mark.parametrize(("args", "message"), [
     (["--skip", "lop"], "unknown section(s) lop"),
     (["--device", "gpu"], "invalid choice: 'gpu'"),
-    (["--threads", "0"], "--threads must be >= 1"),
+    (["--threads", "0"], "argument --threads: expected an integer >= 1"),
 ] + ([(["--device", "cuda"], "sees no CUDA GPU")] if not torch.cuda.is_available() else []))  # fmt: skip
 def test_throughput_benchmark_refuses_bad_arguments_at_once(args, message):
     import subprocess

@@ -414,7 +414,7 @@ def test_config_counts_accept_numpy_integers_and_refuse_floats():
 def test_cli_threads_below_one_are_refused_by_the_parser(capsys, threads):
     with pytest.raises(SystemExit) as stop:  # before: -1 reached torch.set_num_threads and a traceback
         main(["--env", "bandit/ring", "--threads", threads])
-    assert stop.value.code == 2 and "expected a number of threads >= 1" in capsys.readouterr().err
+    assert stop.value.code == 2 and "argument --threads: expected an integer >= 1" in capsys.readouterr().err
 
 
 def test_resuming_an_empty_run_dir_says_there_is_nothing_to_resume(capsys, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import numbers
 from contextlib import contextmanager
@@ -54,6 +55,17 @@ POSITIVE = ("actor_lr", "critic_lr", "temperature_lr", "init_temperature", "alph
 def is_count(value) -> bool:
     """An integer >= 1 (a NumPy integer too; not a bool, not a float such as 1e6)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def count_argument(text: str) -> int:
+    """An ``argparse`` type for flags that take an integer >= 1 (``--threads``, ``--jobs``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if not is_count(value):
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def check_config(cfg) -> None:
