@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .nets import mlp, xavier_init_
+
 
 # ----------------------------------------------------------------------------------------------
 # Noise schedules
@@ -48,11 +50,6 @@ class NoiseSchedule:
     @property
     def alphas_bar(self) -> Tensor:
         return torch.cumprod(self.alphas, dim=0)
-
-    @property
-    def sigmas(self) -> Tensor:
-        """√(1 − ᾱ_t): the standard deviation of the noise in a_t."""
-        return torch.sqrt(1.0 - self.alphas_bar)
 
     @classmethod
     def vp(cls, T: int, beta_min: float = 0.1, beta_max: float = 10.0) -> "NoiseSchedule":
@@ -119,25 +116,6 @@ class FourierTimeFeatures(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         angles = 2 * math.pi * t.float().unsqueeze(-1) * self.W  # t is the raw index, not t/T
         return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-
-
-def mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
-    """Linear layers of the given sizes with ``activation`` between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
-
-
-def xavier_init_(module: nn.Module) -> nn.Module:
-    """Xavier-uniform weights and zero biases for every Linear layer (as the QSM code does)."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
-    return module
 
 
 class Denoiser(nn.Module):

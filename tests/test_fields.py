@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qsm_tutorial import fields
-from qsm_tutorial.algos.common import TwinCritic
+from qsm_tutorial.nets import TwinCritic
 from qsm_tutorial.diffusion import Denoiser, NoiseSchedule
 from qsm_tutorial.envs.bandits import BUILTIN_BANDITS, FOUR_GAUSSIAN_MODES, Bandit2D, action_grid
 from qsm_tutorial.envs.gridworld import LAYOUTS, GridWorld

@@ -6,7 +6,8 @@ import torch
 
 import qsm_tutorial
 from qsm_tutorial import envs
-from qsm_tutorial.algos.common import TwinCritic, critic_target
+from qsm_tutorial.algos.common import critic_target
+from qsm_tutorial.nets import TwinCritic
 from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig, q_action_gradient, q_score_target
 from qsm_tutorial.envs.bandits import SINGLE_PEAK, mode_shares
 from qsm_tutorial.replay import ReplayBuffer

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from ..diffusion import mlp, xavier_init_
+
 
 
 def doc(default: Any, help: str) -> Any:
@@ -25,10 +25,6 @@ def doc(default: Any, help: str) -> Any:
 def cli_flag(name: str) -> str:
     """The command-line flag of a config field: ``batch_size`` → ``--batch-size``."""
     return "--" + name.replace("_", "-")
-
-
-def config_help(config_cls) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config_cls)}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -95,21 +91,6 @@ def check_config(cfg) -> None:
         if not widths or not all(is_count(w) for w in widths):
             raise bad(name, "one or more layer widths >= 1, such as 256,256")
     resolve_device(cfg.device)  # a bad device fails here, before a run directory is made
-
-
-class TwinCritic(nn.Module):
-    """Two independent Q-networks [s, a] → hidden → ReLU → hidden → ReLU → 1, evaluated together."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (512, 512)):
-        super().__init__()
-        sizes = [obs_dim + act_dim, *hidden, 1]
-        self.q1 = xavier_init_(mlp(sizes, nn.ReLU))
-        self.q2 = xavier_init_(mlp(sizes, nn.ReLU))
-
-    def forward(self, obs: Tensor, action: Tensor) -> Tensor:
-        """Q₁ and Q₂ stacked: shape [2, B]."""
-        x = torch.cat([obs, action], dim=-1)
-        return torch.stack([self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)])
 
 
 def critic_target(reward: Tensor, mask: Tensor, gamma: float, next_q: Tensor) -> Tensor:

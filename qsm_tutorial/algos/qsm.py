@@ -46,7 +46,8 @@ from torch import Tensor
 from ..diffusion import Denoiser, NoiseSchedule, add_noise, ddpm_sample, gaussian_prior_eps, langevin_sample
 from ..replay import Batch
 from . import fast
-from .common import Checkpointable, TwinCritic, apply_preset, check_config, critic_loss, critic_target, doc, polyak_update, resolve_device
+from ..nets import TwinCritic
+from .common import Checkpointable, apply_preset, check_config, critic_loss, critic_target, doc, polyak_update, resolve_device
 
 
 @dataclass

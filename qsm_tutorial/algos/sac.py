@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..diffusion import mlp, xavier_init_
+from ..nets import TwinCritic, mlp, xavier_init_
 from ..replay import Batch
-from .common import Checkpointable, TwinCritic, apply_preset, check_config, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
+from .common import Checkpointable, apply_preset, check_config, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
 
 # The clip range of log σ in the authors' Gaussian head (jaxrl5's Normal: -20, 2).
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0

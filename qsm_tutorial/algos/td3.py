@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..diffusion import mlp, xavier_init_
+from ..nets import TwinCritic, mlp, xavier_init_
 from ..replay import Batch
-from .common import Checkpointable, TwinCritic, apply_preset, check_config, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
+from .common import Checkpointable, apply_preset, check_config, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
 
 
 @dataclass
