@@ -183,20 +183,20 @@ def ddpm_sample(
     clip: float | None = 1.0,
     generator: torch.Generator | None = None,
     return_chain: bool = False,
+    noise: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Ancestral DDPM sampling: a_T ~ N(0, I), then ``ddpm_step`` for t = T−1 … 0, one action per
-    row of ``obs``. With ``return_chain`` also returns the list [a_T, …, a_0] (for plots)."""
+    row of ``obs``. ``noise`` [T + 1, B, |A|] supplies a_T and each step's z (drawn here when None,
+    in that order). With ``return_chain`` also returns the list [a_T, …, a_0] (for plots)."""
     B, device = obs.shape[0], obs.device
-    a = torch.randn(B, act_dim, generator=generator, device=device)
+    if noise is None:
+        noise = torch.randn(schedule.T + 1, B, act_dim, generator=generator, device=device)
+    a = noise[0]
     chain = [a]
-    for t in reversed(range(schedule.T)):
+    for i, t in enumerate(reversed(range(schedule.T)), start=1):
         t_batch = torch.full((B,), t, dtype=torch.long, device=device)
-        eps = denoiser(obs, a, t_batch)
-        noise = torch.randn(B, act_dim, generator=generator, device=device)
-        a = ddpm_step(schedule, eps, a, t, noise, temperature, clip)
+        a = ddpm_step(schedule, denoiser(obs, a, t_batch), a, t, noise[i], temperature, clip)
         chain.append(a)
-    if clip is not None:
-        a = a.clamp(-clip, clip)
     return (a, chain) if return_chain else a
 
 
@@ -223,6 +223,7 @@ def langevin_sample(
     clip: float | None = 1.0,
     generator: torch.Generator | None = None,
     return_chain: bool = False,
+    noise: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Unadjusted Langevin dynamics with drift ``score(a)`` (for example α∇ₐQ):
 
@@ -230,13 +231,14 @@ def langevin_sample(
 
     whose stationary density is ∝ exp(∫score), e.g. exp(α·Q)/Z, up to an O(η) bias. With ``clip``
     the chain is reflected at the box's faces, so the box is the support (reflection, unlike
-    clipping, keeps the stationary density uniform-correct at the boundary).
+    clipping, keeps the stationary density uniform-correct at the boundary). ``noise``
+    [n_steps, *a0.shape] supplies the z's (drawn step by step when None).
     """
     a = a0.clone()
     chain = [a]
     noise_scale = math.sqrt(2 * step_size)
-    for _ in range(n_steps):
-        z = torch.randn(a.shape, generator=generator, device=a.device)
+    for i in range(n_steps):
+        z = torch.randn(a.shape, generator=generator, device=a.device) if noise is None else noise[i]
         a = a + step_size * score(a) + noise_scale * z
         if clip is not None:
             a = reflect_into_box(a, clip)

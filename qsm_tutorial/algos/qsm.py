@@ -38,16 +38,17 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..diffusion import Denoiser, NoiseSchedule, add_noise, ddpm_sample, gaussian_prior_eps, langevin_sample
-from ..replay import Batch
-from . import fast
 from ..nets import TwinCritic
-from .common import Checkpointable, apply_preset, check_config, critic_loss, critic_target, doc, polyak_update, resolve_device
+from ..replay import Batch
+from .common import (Checkpointable, apply_preset, check_config, critic_loss, critic_target, doc, polyak_update,
+                     resolve_device)  # fmt: skip
 
 
 @dataclass
@@ -78,15 +79,16 @@ class QSMConfig:
     warmup_steps: int = doc(10_000, "uniform-random actions before learning starts (paper: 10000)")
     buffer_size: int = doc(1_000_000, "replay buffer capacity (paper: 1e6)")
     device: str = doc("auto", "torch device: auto (CUDA if present), cpu or cuda")
-    fast: bool = doc(True, "fast update (algos/fast.py: fused Adam, one-exp Mish, time features hoisted); --no-fast = the plain reference update; both agree to float32 rounding")
-    compile: bool = doc(False, "torch.compile the fast update's two losses (forward and backward): 10-35 % more updates/s on a 2-core CPU after 25-60 s of compiling at the first update (needs a C++ compiler); for long runs; needs --fast")
+    compile: str = doc("auto", "torch.compile the update's two losses (forward and backward): on, off, or auto = on for runs of at least COMPILE_MIN_UPDATES updates when a C++ compiler is present (it compiles at the first update)")
 
     def __post_init__(self):
         check_config(self)
         if self.sampler not in ("ddpm", "langevin"):
             raise ValueError(f"sampler must be 'ddpm' or 'langevin', got {self.sampler!r}")
-        if self.compile and not self.fast:
-            raise ValueError("compile=True compiles the fast update: drop --no-fast (fast=False), or drop --compile")
+        if isinstance(self.compile, bool):  # configs saved before the redesign
+            self.compile = "on" if self.compile else "off"
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"compile (--compile) must be auto, on or off, got {self.compile!r}")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "QSMConfig":
@@ -138,12 +140,32 @@ PRESETS: dict[str, dict] = {
 # ----------------------------------------------------------------------------------------------
 # The equations of the method, one function each
 # ----------------------------------------------------------------------------------------------
-def q_action_gradient(critic: TwinCritic, obs: Tensor, actions: Tensor) -> Tensor:
-    """g = ½ (∇ₐQ₁ + ∇ₐQ₂)(s, a): the mean of both online critics' action-gradients, detached."""
-    actions = actions.detach().requires_grad_(True)
-    q = critic(obs, actions)  # [2, B]
-    (grad,) = torch.autograd.grad(q.mean(dim=0).sum(), actions)
-    return grad
+Denoise = Callable[[Tensor, Tensor, Tensor], Tensor]  # ε_θ(s, a_t, t)
+Critic = Callable[[Tensor, Tensor], Tensor]  # (s, a) → [Q₁, Q₂], shape [2, B]
+
+
+class UpdateNoise(NamedTuple):
+    """Every random draw of one update, in the order the authors' code makes them; ``update``
+    takes it as an argument, so a test can replay another implementation's draws."""
+
+    chain: Tensor | None  # the TD target's sampler at s′: DDPM a_T, z_{T−1} … z_0 [T+1, B, A] (None: nothing bootstraps)
+    target: Tensor | None  # N(0, I) [B, A], times target_noise, added to a′
+    t: Tensor  # the actor step's noise levels, uniform in {0 … T−1} [B]
+    z: Tensor  # the actor step's noise: a_t = √ᾱ_t a + √(1 − ᾱ_t) z [B, A]
+
+
+def policy_sample(actor: Denoise, schedule: NoiseSchedule, cfg: QSMConfig, obs: Tensor, chain: Tensor) -> Tensor:
+    """Actions from the policy at ``obs`` given the sampler's noise ``chain`` (``draw_chain_noise``)."""
+    if cfg.sampler == "langevin":
+        t0 = torch.zeros(obs.shape[0], dtype=torch.long, device=obs.device)
+        return langevin_sample(lambda a: -actor(obs, a, t0), chain[0], cfg.langevin_step_size, cfg.langevin_steps, noise=chain[1:])
+    return ddpm_sample(actor, schedule, obs, chain.shape[-1], cfg.temperature, noise=chain)
+
+
+def q_action_gradient(critic: Critic, obs: Tensor, actions: Tensor) -> Tensor:
+    """g = ½ (∇ₐQ₁ + ∇ₐQ₂)(s, a): the mean of both online critics' action-gradients, a constant."""
+    with torch.no_grad():  # torch.func.grad still differentiates in a; no graph to the critics' weights
+        return torch.func.grad(lambda a: critic(obs, a).mean(dim=0).sum())(actions)
 
 
 def q_score_target(g: Tensor, alpha: float, normalize: bool = False) -> Tensor:
@@ -163,33 +185,150 @@ def actor_loss(eps_pred: Tensor, target: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
+# The update's two losses: what runs, for one seed (modules) or many (torch.func, see seeds.py)
+# ----------------------------------------------------------------------------------------------
+def qsm_critic_loss(critic: Critic, target_critic: Critic, actor: Denoise, schedule: NoiseSchedule, cfg: QSMConfig,
+                    batch: Batch, noise: UpdateNoise) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Step 1: Σᵢ mean (Qᵢ(s, a) − y)², with y from the target critics at a′ = the current actor's
+    sample at s′ plus N(0, target_noise²), clipped. Returns (loss, Q [2, B])."""
+    with torch.no_grad():
+        if noise.chain is None:  # every transition ended (a bandit's): nothing bootstraps, y = r
+            next_q = torch.zeros(2, *batch.reward.shape, device=batch.reward.device)
+        else:
+            next_a = policy_sample(actor, schedule, cfg, batch.next_obs, noise.chain)
+            next_a = (next_a + cfg.target_noise * noise.target).clamp(-1.0, 1.0)
+            next_q = target_critic(batch.next_obs, next_a)
+        y = critic_target(batch.reward, batch.mask, cfg.gamma, next_q)
+    q = critic(batch.obs, batch.action)
+    return critic_loss(q, y), q
+
+
+
+def qsm_actor_loss(actor: Denoise, critic: Critic, schedule: NoiseSchedule, cfg: QSMConfig, batch: Batch,
+                   noise: UpdateNoise) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Step 2: ‖ε_θ(s, a_t, t) − (−α g)‖² at the noised replay action a_t, g = ∇ₐQ(s, a_t) of the
+    online critics (after step 1). The deviations' terms are zero at the paper's settings. Returns
+    (loss, g)."""
+    noised = add_noise(schedule, batch.action, noise.t, noise.z)
+    g = q_action_gradient(critic, batch.obs, noised)
+    target = q_score_target(g, cfg.alpha, cfg.normalize_q_grad)
+    target = target + cfg.denoise_weight * noise.z + gaussian_prior_eps(schedule, noised, noise.t, cfg.prior_std)
+    return actor_loss(actor(batch.obs, noised, noise.t), target), g
+
+
+# ----------------------------------------------------------------------------------------------
+# Random draws and compilation
+# ----------------------------------------------------------------------------------------------
+def draw_chain_noise(cfg: QSMConfig, T: int, batch_size: int, act_dim: int, device) -> Tensor:
+    """The sampler's noise for ``batch_size`` actions: DDPM a_T and z's [T+1, B, A]; Langevin a
+    uniform start and its z's [steps+1, B, A]."""
+    if cfg.sampler == "langevin":
+        start = torch.rand(1, batch_size, act_dim, device=device) * 2 - 1
+        return torch.cat([start, torch.randn(cfg.langevin_steps, batch_size, act_dim, device=device)])
+    return torch.randn(T + 1, batch_size, act_dim, device=device)
+
+
+def draw_update_noise(cfg: QSMConfig, T: int, batch: Batch) -> UpdateNoise:
+    """One update's draws from torch's generator, in the authors' order (chain, target, t, z)."""
+    B, A = batch.action.shape
+    device = batch.action.device
+    bootstraps = bool(batch.mask.any())
+    chain = draw_chain_noise(cfg, T, B, A, device) if bootstraps else None
+    target = torch.randn(B, A, device=device) if bootstraps else None
+    return UpdateNoise(chain, target, torch.randint(0, T, (B,), device=device), torch.randn(B, A, device=device))
+
+
+COMPILE_MIN_UPDATES = 20_000
+"""``compile="auto"`` compiles for runs of at least this many updates: compiling costs tens of
+seconds at the first update, which a run repays only over thousands of updates (docs/performance.md)."""
+
+
+def should_compile(setting: str, device: torch.device, planned_updates: int | None) -> bool:
+    """Resolve ``QSMConfig.compile``; "on" without a C++ compiler (on a CPU) is an error, "auto"
+    falls back to eager with one line saying so."""
+    if setting == "off" or (setting == "auto" and (planned_updates or 0) < COMPILE_MIN_UPDATES):
+        return False
+    missing = missing_compiler(device)
+    if missing and setting == "on":
+        raise ValueError(f"compile=on (--compile on) {missing}: install g++ (or set CXX), or use --compile off")
+    if missing:
+        print(f"qsm: running eagerly: torch.compile {missing}")
+    return not missing
+
+
+def missing_compiler(device: torch.device) -> str | None:
+    """Why TorchInductor cannot compile for ``device`` here, or None: on a CPU it writes C++."""
+    if device.type != "cpu":
+        return None
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        return "needs a C++ compiler for TorchInductor's CPU code"
+    return None
+
+
+def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam; fused (one kernel for all parameters, the same arithmetic) where torch has it."""
+    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
+
+
+def minimise(optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+# ----------------------------------------------------------------------------------------------
 # The agent
 # ----------------------------------------------------------------------------------------------
 class QSMAgent(Checkpointable):
     """A diffusion policy ε_θ and twin critics, updated by ``update(batch)``."""
 
     algo = "qsm"
-    checkpoint_parts = ('actor', 'critic', 'critic_target', 'actor_opt', 'critic_opt', 'actor_sched')
+    checkpoint_parts = ("actor", "critic", "critic_target", "actor_opt", "critic_opt", "actor_sched")
 
-    def __init__(self, obs_dim: int, act_dim: int, config: QSMConfig | None = None):
+    def __init__(self, obs_dim: int, act_dim: int, config: QSMConfig | None = None, planned_updates: int | None = None):
         self.config = cfg = config or QSMConfig()
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.device = resolve_device(cfg.device)
-        if cfg.compile:
-            fast.check_compilable(self.device)
         self.schedule = NoiseSchedule.from_name(cfg.schedule, cfg.T).to(self.device)
         self.actor = Denoiser(obs_dim, act_dim, cfg.actor_hidden).to(self.device)
         self.critic = TwinCritic(obs_dim, act_dim, cfg.critic_hidden).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        adam = fast.adam_options(self.device) if cfg.fast else {}  # fused=True: same math, one kernel
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, **adam)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, **adam)
+        self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr, self.device)
+        self.critic_opt = adam(self.critic.parameters(), cfg.critic_lr, self.device)
         self.actor_sched = torch.optim.lr_scheduler.LambdaLR(self.actor_opt, self._actor_lr_factor)
         self.n_updates = 0
+        self.compiled = should_compile(cfg.compile, self.device, planned_updates)
+        self.critic_loss, self.actor_loss = self._critic_loss, self._actor_loss
+        if self.compiled:
+            self.critic_loss, self.actor_loss = torch.compile(self._critic_loss), torch.compile(self._actor_loss)
 
     def _actor_lr_factor(self, step: int) -> float:
         n = self.config.actor_lr_decay_steps
         return 1.0 if n <= 0 else 0.5 * (1 + math.cos(math.pi * min(step, n) / n))
+
+    # -- learning ------------------------------------------------------------------------------
+    def update(self, batch: Batch, noise: UpdateNoise | None = None) -> dict[str, float]:
+        """One critic step, one target update, then one actor step (the authors' order)."""
+        noise = noise or draw_update_noise(self.config, self.schedule.T, batch)
+        loss_c, q = self.critic_loss(batch, noise)
+        minimise(self.critic_opt, loss_c)
+        polyak_update(self.critic_target, self.critic, self.config.tau)
+        loss_a, g = self.actor_loss(batch, noise)
+        minimise(self.actor_opt, loss_a)
+        self.actor_sched.step()
+        self.n_updates += 1
+        return {"critic_loss": loss_c.item(), "q_mean": q.mean().item(), "actor_loss": loss_a.item(),
+                "grad_q_norm": g.norm(dim=-1).mean().item()}  # fmt: skip
+
+    def _critic_loss(self, batch: Batch, noise: UpdateNoise) -> tuple[Tensor, Tensor]:
+        return qsm_critic_loss(self.critic, self.critic_target, self.actor, self.schedule, self.config, batch, noise)
+
+    def _actor_loss(self, batch: Batch, noise: UpdateNoise) -> tuple[Tensor, Tensor]:
+        return qsm_actor_loss(self.actor, self.critic, self.schedule, self.config, batch, noise)
 
     # -- sampling ------------------------------------------------------------------------------
     def learned_score(self, obs: Tensor, actions: Tensor) -> Tensor:
@@ -200,15 +339,8 @@ class QSMAgent(Checkpointable):
     @torch.no_grad()
     def sample(self, obs: Tensor) -> Tensor:
         """One action per row of ``obs`` from the policy (no exploration noise), in [−1, 1]."""
-        if self.config.sampler == "langevin":
-            a0 = torch.rand(obs.shape[0], self.act_dim, device=obs.device) * 2 - 1
-            return langevin_sample(
-                lambda a: self.learned_score(obs, a),
-                a0,
-                step_size=self.config.langevin_step_size,
-                n_steps=self.config.langevin_steps,
-            )
-        return ddpm_sample(self.actor, self.schedule, obs, self.act_dim, self.config.temperature)
+        chain = draw_chain_noise(self.config, self.schedule.T, obs.shape[0], self.act_dim, obs.device)
+        return policy_sample(self.actor, self.schedule, self.config, obs, chain)
 
     @torch.no_grad()
     def best_of_candidates(self, obs: Tensor) -> Tensor:
@@ -223,9 +355,6 @@ class QSMAgent(Checkpointable):
         best = q.argmax(dim=1)
         return candidates.view(obs.shape[0], n, -1)[torch.arange(obs.shape[0], device=obs.device), best]
 
-    def _noisy(self, actions: Tensor, std: float) -> Tensor:
-        return (actions + std * torch.randn_like(actions)).clamp(-1.0, 1.0)
-
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """An action for one observation (or a batch). ``deterministic`` drops the exploration
@@ -234,7 +363,7 @@ class QSMAgent(Checkpointable):
         single = obs_t.ndim == 1
         a = self.best_of_candidates(obs_t.reshape(-1, self.obs_dim))
         if not deterministic:
-            a = self._noisy(a, self.config.exploration_noise)
+            a = (a + self.config.exploration_noise * torch.randn_like(a)).clamp(-1.0, 1.0)
         a = a.cpu().numpy()
         return a[0] if single else a
 
@@ -243,54 +372,3 @@ class QSMAgent(Checkpointable):
         """``n`` policy samples for one observation, shape [n, act_dim] (for plots)."""
         obs_t = torch.as_tensor(np.asarray(obs, np.float32), device=self.device).reshape(1, -1)
         return self.sample(obs_t.expand(n, -1)).cpu()
-
-    # -- learning ------------------------------------------------------------------------------
-    def update(self, batch: Batch) -> dict[str, float]:
-        """One critic step, one target update, then one actor step (the authors' order)."""
-        metrics = self.update_critic(batch)
-        polyak_update(self.critic_target, self.critic, self.config.tau)
-        metrics.update(self.update_actor(batch))
-        self.n_updates += 1
-        return metrics
-
-    def update_critic(self, batch: Batch) -> dict[str, float]:
-        cfg = self.config
-        if cfg.fast:  # the same step, computed by algos/fast.py (same random draws, same order)
-            noise = fast.draw_td_noise(cfg, batch, self.act_dim)
-            nets, stacked = fast.QSMNets.view_of(self), fast.add_seed_axis(batch)
-            return fast.floats(fast.critic_step(nets, self.critic_opt, cfg, self.schedule, stacked, noise))
-        with torch.no_grad():
-            y = critic_target(batch.reward, batch.mask, cfg.gamma, self._next_q(batch))
-        q = self.critic(batch.obs, batch.action)
-        loss = critic_loss(q, y)
-        self.critic_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.critic_opt.step()
-        return {"critic_loss": loss.item(), "q_mean": q.mean().item()}
-
-    def _next_q(self, batch: Batch) -> Tensor:
-        """min-able target values Q̄ᵢ(s′, a′) with a′ from the current actor plus target noise."""
-        if not batch.mask.any():  # every transition ended (a bandit's): nothing bootstraps, y = r
-            return torch.zeros(2, batch.reward.shape[0], device=batch.reward.device)
-        next_a = self._noisy(self.sample(batch.next_obs), self.config.target_noise)
-        return self.critic_target(batch.next_obs, next_a)
-
-    def update_actor(self, batch: Batch) -> dict[str, float]:
-        cfg = self.config
-        B = batch.action.shape[0]
-        if cfg.fast:  # the same step, computed by algos/fast.py (same random draws, same order)
-            t, noise = fast.draw_actor_noise(cfg, B, self.act_dim, self.device)
-            nets, stacked = fast.QSMNets.view_of(self), fast.add_seed_axis(batch)
-            return fast.floats(fast.actor_step(nets, self.actor_opt, self.actor_sched, cfg, self.schedule, stacked, t, noise))
-        t = torch.randint(0, self.schedule.T, (B,), device=self.device)
-        noise = torch.randn_like(batch.action)
-        noised = add_noise(self.schedule, batch.action, t, noise)
-        g = q_action_gradient(self.critic, batch.obs, noised)
-        score_target = q_score_target(g, cfg.alpha, cfg.normalize_q_grad)
-        target = score_target + cfg.denoise_weight * noise + gaussian_prior_eps(self.schedule, noised, t, cfg.prior_std)
-        loss = actor_loss(self.actor(batch.obs, noised, t), target)
-        self.actor_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.actor_opt.step()
-        self.actor_sched.step()
-        return {"actor_loss": loss.item(), "grad_q_norm": g.norm(dim=-1).mean().item()}
