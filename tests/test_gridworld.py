@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -31,7 +32,9 @@ def all_states(env: GridWorld) -> torch.Tensor:
 @pytest.mark.parametrize("name", NAMES)
 def test_registered_layouts_pass_gymnasium_env_checker(name):
     env = make(f"gridworld/{name}", render_mode="rgb_array")
-    check_env(env.unwrapped)
+    # Through gymnasium.make (registered on import) the env has a spec: the checker then also
+    # builds it in its other render modes.
+    check_env(gym.make(f"gridworld/{name}", render_mode="rgb_array").unwrapped)
     obs, info = env.reset(seed=0)
     assert obs.dtype == np.float32 and obs.sum() == 1.0 and env.observation_space.contains(obs)
     assert env.state_index(obs) == env.start_index == info["state"]

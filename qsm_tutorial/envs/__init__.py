@@ -1,13 +1,24 @@
 """Every environment the course uses, behind one function: :func:`make`.
 
-Ids the package defines itself are registered by the modules of this folder:
+The ids the package defines (:func:`available`):
 
 - ``bandit/<name>``: one-step 2-D toy bandits (:mod:`qsm_tutorial.envs.bandits`);
 - ``gridworld/<name>``: small worlds with exact Q (:mod:`qsm_tutorial.envs.gridworld`);
-- ``dmc/<domain>-<task>``: DeepMind Control tasks, and Gymnasium MuJoCo ids such as
-  ``HalfCheetah-v5`` (:mod:`qsm_tutorial.envs.control`).
+- ``dmc/<domain>-<task>``: DeepMind Control tasks (:mod:`qsm_tutorial.envs.control`), the named
+  ones in :data:`DMC_TASKS` and any other task of dm_control's suite;
+- Gymnasium MuJoCo ids such as ``HalfCheetah-v5`` (:data:`GYM_TASKS`, or any Gymnasium id with a
+  bounded Box action space), behind the same wrapper stack.
 
 Every env has actions in [-1, 1]^d.
+
+Gymnasium: importing this module registers every ``bandit/``, ``gridworld/`` and ``dmc/`` id of
+:func:`available` with Gymnasium's registry under the same spelling (Gymnasium reads
+``bandit/four-gaussians`` as namespace ``bandit``, name ``four-gaussians``, no version), so
+``gymnasium.make("bandit/four-gaussians")`` builds the env that ``make("bandit/four-gaussians")``
+builds, inside Gymnasium's usual checker and order wrappers; keyword arguments pass through
+(``gymnasium.make("gridworld/two-routes", slip=0.2)``). Gymnasium's own ids (``HalfCheetah-v5``)
+keep Gymnasium's meaning there: the raw env, without this package's wrapper stack. The entry point
+is :func:`make` itself, so nothing heavy (dm_control) is imported until a control env is built.
 """
 
 from __future__ import annotations
@@ -17,9 +28,29 @@ from typing import Callable
 
 import gymnasium as gym
 
-_REGISTRY: dict[str, Callable[..., gym.Env]] = {}
-# Prefixes whose ids are built on demand by a module (any dm_control task, any Gymnasium id).
-_RESOLVERS: list[Callable[[str], Callable[..., gym.Env] | None]] = []
+from . import bandits, gridworld
+from .bandits import Bandit2D
+
+# The control tasks the course names: the QSM paper's DMC set plus two easy ones to debug with,
+# and the Gymnasium MuJoCo tasks. Named here, so that listing and registering them loads no simulator.
+DMC_TASKS: tuple[str, ...] = (
+    "dmc/cartpole-balance",
+    "dmc/cartpole-swingup",
+    "dmc/cheetah-run",
+    "dmc/walker-run",
+    "dmc/hopper-hop",
+    "dmc/quadruped-walk",
+    "dmc/humanoid-walk",
+)
+GYM_TASKS: tuple[str, ...] = (
+    "Pendulum-v1",
+    "InvertedPendulum-v5",
+    "HalfCheetah-v5",
+    "Hopper-v5",
+    "Walker2d-v5",
+    "Ant-v5",
+    "Humanoid-v5",
+)
 
 
 class UnknownEnvError(KeyError):
@@ -29,33 +60,13 @@ class UnknownEnvError(KeyError):
         return str(self.args[0])
 
 
-def register(env_id: str, factory: Callable[..., gym.Env]) -> None:
-    """Register ``factory(**kwargs) -> gym.Env`` under ``env_id`` (used by the env modules)."""
-    if env_id in _REGISTRY:
-        raise ValueError(f"env id {env_id!r} is registered twice; pick another name")
-    _REGISTRY[env_id] = factory
-
-
-def register_resolver(resolver: Callable[[str], Callable[..., gym.Env] | None]) -> None:
-    """Register a function that returns a factory for ids it understands, or None."""
-    _RESOLVERS.append(resolver)
-
-
-def _load_toy_modules() -> None:
-    # Imported here, not at the top, so that `import qsm_tutorial` stays fast.
-    from . import bandits, gridworld  # noqa: F401
-
-
-def _load_modules() -> None:
-    _load_toy_modules()
-    # The control module imports mujoco and dm_control (seconds): only when a control id is asked for.
-    from . import control  # noqa: F401
+# {id: factory(**kwargs)} of the envs that need no simulator.
+_TOY_ENVS: dict[str, Callable[..., gym.Env]] = {**bandits.ENVS, **gridworld.ENVS}
 
 
 def available() -> list[str]:
-    """The env ids the package itself defines (bandits, gridworlds, the supported control tasks)."""
-    _load_modules()
-    return sorted(_REGISTRY)
+    """The env ids the package itself defines (bandits, gridworlds, the named control tasks)."""
+    return sorted([*_TOY_ENVS, *DMC_TASKS, *GYM_TASKS])
 
 
 def make(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
@@ -65,16 +76,12 @@ def make(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
     """
     if not isinstance(env_id, str):
         raise TypeError(f"env id must be a string such as 'bandit/four-gaussians', got {env_id!r}")
-    _load_toy_modules()
-    factory = _REGISTRY.get(env_id)
+    factory = _TOY_ENVS.get(env_id)
     if factory is None:
-        _load_modules()
-        factory = _REGISTRY.get(env_id)
-    if factory is None:
-        for resolve in _RESOLVERS:
-            factory = resolve(env_id)
-            if factory is not None:
-                break
+        # mujoco and dm_control take seconds to import: only when a control id is asked for.
+        from . import control
+
+        factory = control.resolve(env_id)
     if factory is None:
         close = difflib.get_close_matches(env_id, available(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -89,13 +96,14 @@ def make(env_id: str, seed: int | None = None, **kwargs) -> gym.Env:
     return env
 
 
-def __getattr__(name: str):
-    # `envs.Bandit2D` without importing the bandit module at package import time.
-    if name in {"Bandit2D"}:
-        from .bandits import Bandit2D
-
-        return Bandit2D
-    raise AttributeError(name)
+def _register_with_gymnasium() -> None:
+    """Make ``gymnasium.make(id)`` work for the package's own ids (see the module doc)."""
+    for env_id in [*_TOY_ENVS, *DMC_TASKS]:
+        if env_id not in gym.registry:  # a second import, or a reload, registers nothing twice
+            gym.register(env_id, entry_point=f"{__name__}:make", kwargs={"env_id": env_id})
 
 
-__all__ = ["make", "available", "register", "register_resolver", "UnknownEnvError", "Bandit2D"]
+_register_with_gymnasium()
+
+
+__all__ = ["make", "available", "UnknownEnvError", "Bandit2D", "DMC_TASKS", "GYM_TASKS"]

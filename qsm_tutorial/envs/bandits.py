@@ -28,8 +28,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import register
-
 RewardFn = Callable[[Tensor], Tensor]
 
 
@@ -191,5 +189,4 @@ def _factory(name: str) -> Callable[..., Bandit2D]:
     return make
 
 
-for _name in BUILTIN_BANDITS:
-    register(f"bandit/{_name}", _factory(_name))
+ENVS: dict[str, Callable[..., Bandit2D]] = {f"bandit/{name}": _factory(name) for name in BUILTIN_BANDITS}

@@ -13,9 +13,9 @@ Seeding: ``env.reset(seed=s)`` replaces the dm_control task's ``RandomState`` by
 ``RandomState(s)`` (shimmy's ``DmControlCompatibilityV0.reset``), and every random initial
 state of a suite task is drawn from it, so the physics follows the run seed; the tests check it.
 
-Importing this module registers the named tasks (:data:`DMC_TASKS`, :data:`GYM_TASKS`) and a
-resolver that builds any other dm_control suite task or any Gymnasium id with a bounded Box
-action space.
+:func:`resolve` gives :func:`qsm_tutorial.envs.make` a factory for any dm_control suite task
+(the course's named ones are :data:`DMC_TASKS`) and any Gymnasium id with a bounded Box action
+space (:data:`GYM_TASKS` are the ones the course uses).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from gymnasium.wrappers import (  # noqa: E402
 import shimmy  # noqa: E402,F401  (importing shimmy registers the dm_control/* Gymnasium ids)
 from dm_control import suite  # noqa: E402
 
-from . import UnknownEnvError, register, register_resolver  # noqa: E402
+from . import DMC_TASKS, GYM_TASKS, UnknownEnvError  # noqa: E402
 
 
 def _not_settotalmass_deprecation(record: logging.LogRecord) -> bool:
@@ -54,26 +54,6 @@ def _not_settotalmass_deprecation(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger("absl").addFilter(_not_settotalmass_deprecation)
-
-# The tasks the course names (the QSM paper's DMC set plus two easy ones to debug with).
-DMC_TASKS: tuple[str, ...] = (
-    "dmc/cartpole-balance",
-    "dmc/cartpole-swingup",
-    "dmc/cheetah-run",
-    "dmc/walker-run",
-    "dmc/hopper-hop",
-    "dmc/quadruped-walk",
-    "dmc/humanoid-walk",
-)
-GYM_TASKS: tuple[str, ...] = (
-    "Pendulum-v1",
-    "InvertedPendulum-v5",
-    "HalfCheetah-v5",
-    "Hopper-v5",
-    "Walker2d-v5",
-    "Ant-v5",
-    "Humanoid-v5",
-)
 
 # Small frames keep notebooks and videos light (dm_control's own default size).
 RENDER_HEIGHT, RENDER_WIDTH = 240, 320
@@ -142,34 +122,11 @@ def _float32_actions(env: gym.Env) -> gym.Env:
     return TransformAction(env, lambda action: np.asarray(action, dtype=inner.dtype), space)
 
 
-def env_spec_summary(env: gym.Env) -> dict[str, Any]:
-    """``{"obs_dim", "action_dim", "max_episode_steps"}`` of a wrapped env, for the training loop."""
-    return {
-        "obs_dim": int(np.prod(env.observation_space.shape)),
-        "action_dim": int(np.prod(env.action_space.shape)),
-        "max_episode_steps": _max_episode_steps(env),
-    }
-
-
-def _max_episode_steps(env: gym.Env) -> int | None:
-    if env.spec is not None and env.spec.max_episode_steps is not None:
-        return int(env.spec.max_episode_steps)
-    try:  # a TimeLimit added by hand to an env without a spec
-        return int(env.get_wrapper_attr("_max_episode_steps"))
-    except AttributeError:
-        return None
-
-
 def _env_name(env: gym.Env) -> str:
     return env.spec.id if env.spec is not None else type(env.unwrapped).__name__
 
 
 # ----------------------------------------------------------------------------- DeepMind Control
-
-
-def dmc_tasks() -> list[str]:
-    """Every ``<domain>-<task>`` of dm_control's suite (benchmarking and extra tasks)."""
-    return sorted(f"{domain}-{task}" for domain, task in suite.ALL_TASKS)
 
 
 def parse_dmc_id(env_id: str) -> tuple[str, str]:
@@ -268,10 +225,10 @@ def _is_gym_mujoco(env_id: str) -> bool:
     return "gymnasium.envs.mujoco" in str(gym.spec(env_id).entry_point)
 
 
-# ----------------------------------------------------------------------------- registration
+# ----------------------------------------------------------------------------- ids
 
 
-def _resolve(env_id: str) -> Callable[..., gym.Env] | None:
+def resolve(env_id: str) -> Callable[..., gym.Env] | None:
     """Factory for any ``dmc/<domain>-<task>``, ``dm_control/<d>-<t>-v0`` or Gymnasium id.
 
     An unknown dmc task raises here (listing the known ones); a Gymnasium id with discrete or
@@ -289,16 +246,6 @@ def _resolve(env_id: str) -> Callable[..., gym.Env] | None:
     return None
 
 
-def _register_named() -> None:
-    for env_id in DMC_TASKS:
-        register(env_id, partial(make_dmc, *parse_dmc_id(env_id)))
-    for env_id in GYM_TASKS:
-        register(env_id, partial(make_gym, env_id))
-    register_resolver(_resolve)
-
-
-_register_named()
-
 __all__ = [
     "DMC_TASKS",
     "GYM_TASKS",
@@ -306,9 +253,8 @@ __all__ = [
     "UnknownControlTaskError",
     "check_action_space",
     "wrap",
-    "env_spec_summary",
-    "dmc_tasks",
     "parse_dmc_id",
     "make_dmc",
     "make_gym",
+    "resolve",
 ]

@@ -47,14 +47,12 @@ on "stay" than either pure push, so it would be the single best action: the mode
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
-
-from . import register
 
 if TYPE_CHECKING:  # matplotlib is imported only when something is drawn
     from matplotlib.axes import Axes
@@ -487,7 +485,7 @@ class GridWorld(gym.Env):
         return self._rgb_array(cell=16)
 
     def _rgb_array(self, cell: int) -> np.ndarray:
-        colors = np.array([_COLORS[_CELL_COLOR[ch]] for row in self.layout for ch in row], dtype=np.uint8)
+        colors = np.array([_COLORS[CELL_CHARS[ch]] for row in self.layout for ch in row], dtype=np.uint8)
         img = colors.reshape(self.height, self.width, 3).repeat(cell, axis=0).repeat(cell, axis=1)
         img[::cell, :, :] = (img[::cell, :, :] * 0.8).astype(np.uint8)  # faint grid lines
         img[:, ::cell, :] = (img[:, ::cell, :] * 0.8).astype(np.uint8)
@@ -516,7 +514,7 @@ class GridWorld(gym.Env):
 
         if ax is None:
             _, ax = plt.subplots(figsize=(0.5 * self.width + 1.5, 0.5 * self.height + 0.5))
-        img = np.array([[_COLORS[_CELL_COLOR[ch]] for ch in row] for row in self.layout], dtype=float) / 255.0
+        img = np.array([[_COLORS[CELL_CHARS[ch]] for ch in row] for row in self.layout], dtype=float) / 255.0
         if values is not None:
             v = np.asarray(torch.as_tensor(values).detach().cpu().double())
             if v.shape != (self.n_states,):
@@ -585,7 +583,6 @@ _COLORS: dict[str, tuple[int, int, int]] = {
     "hazard": (210, 60, 50),
     "agent": (30, 90, 210),
 }
-_CELL_COLOR = {"#": "wall", ".": "free", "S": "start", "G": "goal", "H": "hazard"}
 
 
 def _check_knobs(slip: float, sharpness: float, gamma: float, max_steps: int, render_mode: str | None) -> None:
@@ -602,7 +599,7 @@ def _check_knobs(slip: float, sharpness: float, gamma: float, max_steps: int, re
 
 
 # ----------------------------------------------------------------------------------------------
-# Registration: gridworld/<name>
+# The ids gridworld/<name> (envs.make and gymnasium.make read ENVS)
 # ----------------------------------------------------------------------------------------------
 def _factory(name: str):
     def make(**kwargs: Any) -> GridWorld:
@@ -622,9 +619,10 @@ def _make_custom(layout: str | Sequence[str] | None = None, **kwargs: Any) -> Gr
     return GridWorld(layout, **kwargs)
 
 
-for _name in LAYOUTS:
-    register(f"gridworld/{_name}", _factory(_name))
-register("gridworld/custom", _make_custom)
+ENVS: dict[str, Callable[..., GridWorld]] = {
+    **{f"gridworld/{name}": _factory(name) for name in LAYOUTS},
+    "gridworld/custom": _make_custom,
+}
 
 __all__ = [
     "GridWorld",
