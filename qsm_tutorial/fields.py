@@ -199,21 +199,7 @@ def q_gradient_field(
       mean of both critics' ∇ₐQ at observation ``obs`` (None: zeros, a bandit's), as QSM uses it;
     - a function ``Q(actions [..., d]) -> [...]``: differentiated by autograd.
     """
-    a = _check_actions(actions)
-    kind = _source_kind(source)
-    if kind == "bandit":
-        return source.reward_grad(a)
-    if kind in ("gridworld", "solution"):
-        if state is None:
-            raise ValueError("a gridworld field is for one cell: pass state= (an index, see env.index_of(row, col))")
-        if kind == "solution":
-            return source.action_gradient(state, a)
-        return source.action_gradient(state, a, _gridworld_values(source, values))
-    if kind in ("agent", "critic"):
-        return _learned_q(source, obs, a, kind, grad=True)
-    x = a.detach().to(torch.float32 if not a.is_floating_point() else a.dtype).requires_grad_(True)
-    (g,) = torch.autograd.grad(source(x).sum(), x)
-    return g
+    return _q_field(source, actions, obs=obs, state=state, values=values, grad=True)
 
 
 def q_value_field(
@@ -226,20 +212,30 @@ def q_value_field(
 ) -> Tensor:
     """Q(s, a) on ``actions`` [..., act_dim] → [...], from the same sources as :func:`q_gradient_field`
     (for the landscape drawn under the arrows)."""
+    return _q_field(source, actions, obs=obs, state=state, values=values, grad=False)
+
+
+def _q_field(source: Any, actions: Tensor, *, obs: Any, state: int | None, values: Any, grad: bool) -> Tensor:
+    """∇ₐQ (``grad``) or Q on ``actions`` from any source of :func:`q_gradient_field`."""
     a = _check_actions(actions)
     kind = _source_kind(source)
     if kind == "bandit":
-        return source.reward(a)
+        return source.reward_grad(a) if grad else source.reward(a)
     if kind in ("gridworld", "solution"):
         if state is None:
             raise ValueError("a gridworld field is for one cell: pass state= (an index, see env.index_of(row, col))")
         if kind == "solution":
-            return source.Q(state, a)
-        return source.Q(state, a, _gridworld_values(source, values))
+            return source.action_gradient(state, a) if grad else source.Q(state, a)
+        V = _gridworld_values(source, values)
+        return source.action_gradient(state, a, V) if grad else source.Q(state, a, V)
     if kind in ("agent", "critic"):
-        return _learned_q(source, obs, a, kind, grad=False)
-    with torch.no_grad():
-        return source(a)
+        return _learned_q(source, obs, a, kind, grad=grad)
+    if not grad:
+        with torch.no_grad():
+            return source(a)
+    x = a.detach().to(torch.float32 if not a.is_floating_point() else a.dtype).requires_grad_(True)
+    (g,) = torch.autograd.grad(source(x).sum(), x)
+    return g
 
 
 # ----------------------------------------------------------------------------------------------

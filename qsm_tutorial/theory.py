@@ -106,7 +106,6 @@ class ImprovementResult:
     alignment: np.ndarray
     optimal_start_value: float
     particles: Tensor
-    initial_particles: Tensor
     values: Tensor
     seconds: float
     env: object = field(repr=False, default=None)
@@ -161,7 +160,6 @@ def qsm_policy_improvement(
     states = torch.arange(S).unsqueeze(1).expand(S, n_particles)  # [S, N]
 
     particles = torch.rand(S, n_particles, 2, generator=gen, dtype=torch.float64) * 2 - 1
-    initial = particles.clone()
     start_values, mean_values, aligns = [], [], []
 
     def learned_score(a: Tensor) -> Tensor:  # −ε_θ(s, a, 0) at every particle, [S, N, 2]
@@ -204,7 +202,6 @@ def qsm_policy_improvement(
         alignment=np.array(aligns),
         optimal_start_value=env.optimal_values().start_value,
         particles=particles,
-        initial_particles=initial,
         values=final.V,
         seconds=time.perf_counter() - t0,
         env=env,

@@ -226,6 +226,14 @@ def _arrow_handle(color: str, label: str) -> Line2D:
     return Line2D([], [], color=color, marker=r"$\rightarrow$", markersize=14, linestyle="None", label=label)
 
 
+def _legend_below(fig: Figure, handles: list, title: str | None) -> Figure:
+    """One legend row under the panels, and the figure's title."""
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 def _margin(actions: Any) -> float:
     return 0.5 * _grid_spacing(_np(actions)) + 0.04
 
@@ -340,10 +348,7 @@ def plot_field_sequence(
     handles = [_arrow_handle(POLICY_COLOR, SCORE_LABEL), _arrow_handle(Q_COLOR, GRAD_Q_LABEL + " (exact)")]
     if background is not None:
         handles.append(matplotlib.patches.Patch(color=mcolors.to_rgba("tab:green", 0.5), label="reward (darker = higher)"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
-    if title:
-        fig.suptitle(title)
-    return fig
+    return _legend_below(fig, handles, title)
 
 
 @_styled
@@ -437,10 +442,7 @@ def plot_action_samples(
         handles.append(Line2D([], [], color="k", marker="x", ls="None", ms=8, mew=1.6, label="optimal actions"))
     if points:
         handles.append(Line2D([], [], color="0.45", marker="*", mec="k", ls="None", ms=13, label=points_label))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
-    if title:
-        fig.suptitle(title)
-    return fig
+    return _legend_below(fig, handles, title)
 
 
 @_styled

@@ -208,7 +208,6 @@ class _Explorer:
         self.output = widgets.Output()
         self.controls: dict[str, Any] = {}
         self.figure: Figure | None = None
-        self.last_redraw_s = float("nan")
         self._background = None
         self._background_key: Any = None
 
@@ -247,10 +246,8 @@ class _Explorer:
             self._before_redraw(set(values))
         finally:
             self._suspended = False
-        t0 = time.perf_counter()
         self._redraw()
         self._show()
-        self.last_redraw_s = time.perf_counter() - t0
 
     def _choices(self, name: str) -> str:
         w = self.controls[name]
