@@ -6,16 +6,16 @@ for cheetah-run (17-D observations, 6-D actions) takes 1e6 · 42 · 4 B ≈ 168 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 
-@dataclass
-class Batch:
-    """A minibatch of transitions; ``mask`` is 1 − terminated (0 ends the bootstrap)."""
+class Batch(NamedTuple):
+    """A minibatch of transitions; ``mask`` is 1 − terminated (0 ends the bootstrap). A named
+    tuple, so ``torch.func.vmap`` maps over a stack of them (several seeds' minibatches)."""
 
     obs: Tensor
     action: Tensor
