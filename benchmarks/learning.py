@@ -4,7 +4,8 @@
 
 ``--algos`` takes algorithm names (each trains with its default preset: "control" on these tasks) and
 named variants: ``qsm-paper`` is QSM with ``--preset paper`` (the paper's settings) at the baselines'
-256-wide networks (the paper's 512 costs ~3x the CPU time and changes none of the diagnosis).
+256-wide networks (the paper's 512 costs several times the CPU time and changes none of the
+diagnosis; docs/performance.md).
 
 Each (algo, seed) trains through the ``qsm-train`` CLI in its own process (one torch thread, at
 most ``--jobs`` at once) into ``<runs-root>/<env>/<algo>/seed<k>``; a run dir that already holds a

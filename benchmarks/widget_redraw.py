@@ -1,6 +1,6 @@
 """How long an explorer takes to redraw after a slider moves (target: under 150 ms on 2 CPU cores).
 
-    python benchmarks/widget_redraw.py            # ~40 s: trains a short bandit run for snapshots first
+    python benchmarks/widget_redraw.py            # trains a short bandit run for snapshots first
     python benchmarks/widget_redraw.py --quick    # untrained snapshots only (no training)
 
 One redraw is what a learner waits for: ``explorer.update(<control>=<value>)`` (new fields, from the
@@ -9,7 +9,7 @@ explorer is moved through a scripted sequence of ≥ 20 slider changes of its fa
 level, α, training iteration, critic / cell, α); the median, 90th percentile and maximum are
 printed, as well as the first visits (cache misses) and the slow controls that rebuild the figure
 (layout, bandit, slip), which are timed separately. Torch uses one thread, as in a notebook next to
-other work on a 2-core machine.
+other work on a 2-core machine. Measured figures: docs/performance.md.
 """
 
 from __future__ import annotations

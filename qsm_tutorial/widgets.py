@@ -10,9 +10,9 @@ Each returns an explorer object. In JupyterLab it displays as sliders above a fi
 updates the existing artists (``set_UVC``, ``set_data``, ``set_offsets``) from fields cached per
 (snapshot, t) or (layout, slip), redraws only those artists over a cached background (blitting:
 axes, labels and colour bars are drawn once), and shows the frame as a PNG in an
-``ipywidgets.Output`` (matplotlib's non-interactive Agg backend: no ipympl needed). Measured with
-``benchmarks/widget_redraw.py``: a median of ~75 ms per slider change on 2 shared CPU cores. Where there is no widget frontend (papermill,
-nbval, a static notebook viewer) the same display carries a PNG of the current figure, so the
+``ipywidgets.Output`` (matplotlib's non-interactive Agg backend: no ipympl needed);
+``benchmarks/widget_redraw.py`` times it (docs/performance.md). Where there is no widget frontend
+(papermill, nbval, a static notebook viewer) the same display carries a PNG of the current figure, so the
 notebook still shows it. ``explorer.update(t=2, alpha=10.0)`` changes values from code (tests,
 scripts), ``explorer.figure`` is the matplotlib Figure, ``explorer.render_png()`` its PNG bytes.
 
@@ -149,7 +149,7 @@ def train_bandit_snapshots(
 ) -> BanditSnapshots:
     """Train QSM on ``bandit/<bandit>`` with ``qsm_tutorial.train`` (the ``"bandit"`` preset;
     ``overrides`` set :class:`QSMConfig` or loop fields) and keep the actor's and critics' weights
-    every ``every`` updates. Snapshot 0 is the initialisation. ~1500 steps take ~25 s on 2 CPU cores.
+    every ``every`` updates. Snapshot 0 is the initialisation.
     """
     from .train import train
 
