@@ -314,15 +314,24 @@ class QSMAgent(Checkpointable):
     def update(self, batch: Batch, noise: UpdateNoise | None = None) -> dict[str, float]:
         """One critic step, one target update, then one actor step (the authors' order)."""
         noise = noise or draw_update_noise(self.config, self.schedule.T, batch)
-        loss_c, q = self.critic_loss(batch, noise)
-        minimise(self.critic_opt, loss_c)
+        metrics = self.update_critic(batch, noise)
         polyak_update(self.critic_target, self.critic, self.config.tau)
-        loss_a, g = self.actor_loss(batch, noise)
-        minimise(self.actor_opt, loss_a)
-        self.actor_sched.step()
+        metrics.update(self.update_actor(batch, noise))
         self.n_updates += 1
-        return {"critic_loss": loss_c.item(), "q_mean": q.mean().item(), "actor_loss": loss_a.item(),
-                "grad_q_norm": g.norm(dim=-1).mean().item()}  # fmt: skip
+        return metrics
+
+    def update_critic(self, batch: Batch, noise: UpdateNoise | None = None) -> dict[str, float]:
+        noise = noise or draw_update_noise(self.config, self.schedule.T, batch)
+        loss, q = self.critic_loss(batch, noise)
+        minimise(self.critic_opt, loss)
+        return {"critic_loss": loss.item(), "q_mean": q.mean().item()}
+
+    def update_actor(self, batch: Batch, noise: UpdateNoise | None = None) -> dict[str, float]:
+        noise = noise or draw_update_noise(self.config, self.schedule.T, batch)
+        loss, g = self.actor_loss(batch, noise)
+        minimise(self.actor_opt, loss)
+        self.actor_sched.step()
+        return {"actor_loss": loss.item(), "grad_q_norm": g.norm(dim=-1).mean().item()}
 
     def _critic_loss(self, batch: Batch, noise: UpdateNoise) -> tuple[Tensor, Tensor]:
         return qsm_critic_loss(self.critic, self.critic_target, self.actor, self.schedule, self.config, batch, noise)
