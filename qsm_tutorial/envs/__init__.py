@@ -30,35 +30,7 @@ import gymnasium as gym
 
 from . import bandits, gridworld
 from .bandits import Bandit2D
-
-# The control tasks the course names: the QSM paper's DMC set plus two easy ones to debug with,
-# and the Gymnasium MuJoCo tasks. Named here, so that listing and registering them loads no simulator.
-DMC_TASKS: tuple[str, ...] = (
-    "dmc/cartpole-balance",
-    "dmc/cartpole-swingup",
-    "dmc/cheetah-run",
-    "dmc/walker-run",
-    "dmc/hopper-hop",
-    "dmc/quadruped-walk",
-    "dmc/humanoid-walk",
-)
-GYM_TASKS: tuple[str, ...] = (
-    "Pendulum-v1",
-    "InvertedPendulum-v5",
-    "HalfCheetah-v5",
-    "Hopper-v5",
-    "Walker2d-v5",
-    "Ant-v5",
-    "Humanoid-v5",
-)
-
-
-class UnknownEnvError(KeyError):
-    """An env id that no module of the package knows."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0])
-
+from .ids import DMC_TASKS, GYM_TASKS, UnknownEnvError
 
 # {id: factory(**kwargs)} of the envs that need no simulator.
 _TOY_ENVS: dict[str, Callable[..., gym.Env]] = {**bandits.ENVS, **gridworld.ENVS}

@@ -44,7 +44,7 @@ from gymnasium.wrappers import (  # noqa: E402
 import shimmy  # noqa: E402,F401  (importing shimmy registers the dm_control/* Gymnasium ids)
 from dm_control import suite  # noqa: E402
 
-from . import DMC_TASKS, GYM_TASKS, UnknownEnvError  # noqa: E402
+from .ids import DMC_TASKS, GYM_TASKS, UnknownEnvError  # noqa: E402
 
 
 def _not_settotalmass_deprecation(record: logging.LogRecord) -> bool:
