@@ -124,7 +124,7 @@ PRESETS: dict[str, dict] = {
     # - action_candidates: the policy's spread (std ≈ 0.35) is exploration, but a balancing task
     #   needs precise actions; act() takes the best of 16 samples by the critics (as later papers'
     #   QSM baselines do, "best-of-N").
-    # - 256-wide networks (the baselines' width; 2-4x faster on CPU), constant actor lr.
+    # - 256-wide networks (the baselines' width, several times cheaper on a CPU), constant actor lr.
     "control": dict(
         prior_std=0.5,
         normalize_q_grad=True,
