@@ -6,55 +6,38 @@
         plt.plot(band.steps, band.mean, label=algo)
         plt.fill_between(band.steps, band.low, band.high, alpha=0.2)
 
-A run directory (written by :func:`qsm_tutorial.train`) holds:
-
-- ``config.json``: algo, env_id, seed, total_steps, the loop and algorithm fields, the evaluation
-  protocol, versions;
-- ``metrics.csv``: one row per event, ``event`` = ``episode`` (a training episode ended: its return
-  and length), ``train`` (mean update metrics since the last such row) or ``eval`` (an evaluation:
-  mean, std, min, max return and mean length); an empty cell is a metric that event does not have.
-  It holds no wall-clock numbers, so the same seed on the same machine writes the same bytes;
-- ``timing.csv``: wall-clock per ``train`` row: ``elapsed_s`` since the (re)start of the process,
-  ``steps_per_s`` env steps per second since the previous row, evaluation time left out (the
-  first row's window also holds the warm-up steps);
-- ``checkpoint.pt``: the latest checkpoint (networks, optimisers, replay buffer, RNG states).
+The files of a run directory are described in :mod:`qsm_tutorial.storage`; this module reads
+them through it and never imports the training loop.
 """
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.csv"
-TIMING_FILE = "timing.csv"
-CHECKPOINT_FILE = "checkpoint.pt"
+from . import algos
+from .storage import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    TIMING_FILE,
+    load_checkpoint,
+    parse_cell,
+    read_csv,
+    saved_fields,
+)
 
-
-def parse_cell(text: str) -> int | float | str | None:
-    """A CSV cell as written by the training loop: int, float (``repr``), a word, or None if empty."""
-    if text == "":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def read_csv(path: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """``(columns, rows)`` of a metrics/timing CSV; each row holds only its non-empty cells."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows = [{k: v for k, v in ((k, parse_cell(t)) for k, t in row.items()) if v is not None} for row in reader]
-        return list(reader.fieldnames or []), rows
+__all__ = [
+    "CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "TIMING_FILE", "Band", "RunResult", "columns_of",
+    "curves_from_csv", "curves_from_runs", "group_runs", "load_agent", "load_run", "load_runs", "parse_cell",
+    "read_csv", "seed_band",
+]  # fmt: skip
 
 
 def columns_of(rows: list[dict[str, Any]], columns: list[str]) -> dict[str, np.ndarray]:
@@ -118,12 +101,20 @@ def load_run(run_dir: str | Path) -> RunResult:
 
 def load_runs(pattern_or_dirs: str | Path | Iterable[str | Path]) -> list[RunResult]:
     """Every run matching a glob pattern (``"runs/InvertedPendulum-v5/*/seed*"``) or in a list of
-    directories; directories without a ``config.json`` are skipped. Sorted by (env, algo, seed)."""
+    directories; directories without a ``config.json`` are skipped, and those without a
+    ``metrics.csv`` too, with a warning. Sorted by (env, algo, seed)."""
     if isinstance(pattern_or_dirs, (str, Path)):
         dirs = [Path(p) for p in glob.glob(str(pattern_or_dirs))]
     else:
         dirs = [Path(p) for p in pattern_or_dirs]
-    runs = [load_run(d) for d in dirs if (d / CONFIG_FILE).exists()]
+    runs = []
+    for d in dirs:
+        if not (d / CONFIG_FILE).exists():
+            continue
+        if not (d / METRICS_FILE).exists():  # a run that died before its first row, or a copy in progress
+            warnings.warn(f"skipping {d}: it has {CONFIG_FILE} but no {METRICS_FILE}", stacklevel=2)
+            continue
+        runs.append(load_run(d))
     return sorted(runs, key=lambda r: (r.env_id, r.algo, r.seed))
 
 
@@ -193,12 +184,8 @@ def curves_from_runs(runs: Iterable[RunResult]) -> dict[str, tuple[np.ndarray, n
 def load_agent(run_dir: str | Path):
     """The agent of a saved run, restored from its latest checkpoint (on the device its config
     names: ``auto`` is CUDA when present)."""
-    from . import algos
-    from .train import load_checkpoint
-
     config = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
     agent_cls, config_cls = algos.get(config["algo"])
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in config["agent"].items()}
-    agent = agent_cls(config["obs_dim"], config["act_dim"], config_cls(**fields))
+    agent = agent_cls(config["obs_dim"], config["act_dim"], config_cls(**saved_fields(config["agent"], config_cls)))
     agent.load_state_dict(load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)["agent"])
     return agent

@@ -1,0 +1,296 @@
+"""Run directories: file names, atomic writes, the CSV log, checkpoints, and the errors a user can fix.
+
+A run directory (written by :func:`qsm_tutorial.train`) holds:
+
+- ``config.json``: algo, env_id, seed, total_steps, the loop and algorithm fields, the evaluation
+  protocol, versions;
+- ``metrics.csv``: one row per event, ``event`` = ``episode`` (a training episode ended: its return
+  and length), ``train`` (mean update metrics since the last such row) or ``eval`` (an evaluation:
+  mean, std, min, max return and mean length); an empty cell is a metric that event does not have.
+  It holds no wall-clock numbers, so the same seed on the same machine writes the same bytes;
+- ``timing.csv``: wall-clock per ``train`` row: ``elapsed_s`` since the (re)start of the process,
+  ``steps_per_s`` env steps per second since the previous row, evaluation time left out (the
+  first row's window also holds the warm-up steps);
+- ``checkpoint.pt``: the latest checkpoint (networks, optimisers, replay buffer, RNG states);
+- ``tensorboard/`` (with ``--tensorboard``): event files holding the scalars of ``metrics.csv``.
+
+Every file is replaced atomically (a hidden temp file, then ``os.replace``) or grows by one whole
+CSV row at a time, so a kill at any moment leaves readable files; bad input is refused before
+anything is written. This module knows files, not training: it imports neither the loop nor the CLI.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import IO, Any, Callable, Collection
+
+import numpy as np
+import torch
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+TIMING_FILE = "timing.csv"
+CHECKPOINT_FILE = "checkpoint.pt"
+TENSORBOARD_DIR = "tensorboard"
+CHECKPOINT_FORMAT = "qsm_tutorial checkpoint v1"
+TEMP_SUFFIX = ".tmp"  # temp files are hidden: ".<name>.<random>.tmp"
+
+# metrics.csv starts with these columns; the agent's update metrics follow, in the order of its
+# first update's dict.
+METRIC_COLUMNS = [
+    "step", "event", "episode", "episode_return", "episode_length", "updates",
+    "eval_return", "eval_return_std", "eval_return_min", "eval_return_max", "eval_length",
+]  # fmt: skip
+TIMING_COLUMNS = ["step", "elapsed_s", "steps_per_s"]
+
+
+class TrainError(Exception):
+    """A problem the user can fix; the CLI prints it as one line."""
+
+
+class RunDirError(TrainError):
+    """The run directory cannot be used as asked (another run's, nothing to resume, ...)."""
+
+
+class CheckpointError(TrainError):
+    """A checkpoint that is missing, corrupt, or not one this run can continue from."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Files that are never half-written
+# ----------------------------------------------------------------------------------------------
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write ``path`` through a hidden temp file in the same folder, fsync, then ``os.replace``:
+    readers see the old file or the new one, never a part of either."""
+    # open(..., "xb") rather than mkstemp: the file gets the usual permissions (umask), not 0600.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether a file name is one of :func:`atomic_write`'s temp files (left behind by a kill)."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+# ----------------------------------------------------------------------------------------------
+# CSV: written one whole row at a time, read back with the last line ignored if a kill cut it
+# ----------------------------------------------------------------------------------------------
+def format_cell(value: Any) -> str:
+    """A CSV cell: '' for missing, exact ``repr`` for floats (the same bytes for the same number)."""
+    if value is None:
+        return ""
+    if isinstance(value, (int, np.integer, str)):
+        return str(value)
+    return repr(float(value))
+
+
+def parse_cell(text: str | None) -> int | float | str | None:
+    """A CSV cell as written by the training loop: int, float (``repr``), a word, or None if empty."""
+    if text is None or text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_csv(path: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """``(columns, rows)`` of a metrics/timing CSV; each row holds only its non-empty cells. A last
+    line without its newline (a write cut short) is not a row yet and is left out."""
+    text = Path(path).read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.DictReader(text.splitlines())
+    rows = [{k: v for k, v in ((k, parse_cell(t)) for k, t in row.items() if k is not None) if v is not None}
+            for row in reader]  # fmt: skip
+    return list(reader.fieldnames or []), rows
+
+
+class CsvLog:
+    """Rows kept in memory and in a CSV file that only ever holds whole rows.
+
+    A row is appended with one write; a row with a column the header lacks rewrites the file
+    atomically with the wider header (once per run: the agent's metric names are known at its
+    first update). With ``path=None`` the rows stay in memory.
+    """
+
+    def __init__(self, path: Path | None, columns: list[str]):
+        self.path, self.columns, self.rows = path, list(columns), []
+
+    def start(self, resume_step: int | None) -> None:
+        """Begin the file: empty, or (resuming) with the existing rows up to ``resume_step``."""
+        if self.path is None:
+            return
+        if resume_step is not None and self.path.exists():
+            columns, rows = read_csv(self.path)
+            self.columns += [c for c in columns if c not in self.columns]
+            self.rows = [r for r in rows if r["step"] <= resume_step]
+        self._rewrite()
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if self.path is None:
+            return
+        new = [k for k in row if k not in self.columns]
+        if new:
+            self.columns += new
+            self._rewrite()
+        else:
+            with open(self.path, "a") as f:
+                f.write(self._line(row))
+
+    def _line(self, row: dict[str, Any]) -> str:
+        return ",".join(format_cell(row.get(c)) for c in self.columns) + "\n"
+
+    def _rewrite(self) -> None:
+        text = ",".join(self.columns) + "\n" + "".join(self._line(r) for r in self.rows)
+        atomic_write(self.path, lambda f: f.write(text.encode()))
+
+
+class TensorBoardLog:
+    """The scalars of metrics.csv rows as TensorBoard events (tag ``<event>/<column>``, at the
+    row's env step), in ``<run_dir>/tensorboard/``. Resuming purges the events after the checkpoint."""
+
+    def __init__(self, folder: Path, resume_step: int | None):
+        from torch.utils.tensorboard import SummaryWriter  # checked by require_tensorboard
+
+        self.writer = SummaryWriter(str(folder), purge_step=None if resume_step is None else resume_step + 1)
+
+    def append(self, row: dict[str, Any]) -> None:
+        event = row.get("event", "metrics")
+        for key, value in row.items():
+            if key not in ("step", "event") and isinstance(value, (int, float, np.number)):
+                self.writer.add_scalar(f"{event}/{key}", float(value), global_step=int(row["step"]))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def require_tensorboard() -> None:
+    """A one-line :class:`TrainError` when the optional TensorBoard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise TrainError("--tensorboard needs the tensorboard package: pip install -e '.[tensorboard]'") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: tensors and primitives only, read back with torch.load(weights_only=True)
+# ----------------------------------------------------------------------------------------------
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by :func:`qsm_tutorial.train`, on CPU; a clear :class:`CheckpointError` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file; all mean the same here
+        raise CheckpointError(
+            f"cannot read {path} ({type(e).__name__}): it is corrupt or not a checkpoint; "
+            "start over with --force or restore the file"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a qsm_tutorial checkpoint; start over with --force")
+    return state
+
+
+def saved_fields(section: dict[str, Any], config_cls) -> dict[str, Any]:
+    """The fields of a ``config.json`` section (``loop``, ``agent``) that dataclass ``config_cls``
+    still has, lists turned back into tuples: a field since removed from the package is dropped."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items() if k in known}
+
+
+class RunDir:
+    """A run's folder: checks what it may hold before anything is written, then the files."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.config = self.path / CONFIG_FILE
+        self.checkpoint = self.path / CHECKPOINT_FILE
+        self.metrics = self.path / METRICS_FILE
+        self.timing = self.path / TIMING_FILE
+        self.tensorboard = self.path / TENSORBOARD_DIR
+
+    def saved_config(self) -> dict | None:
+        """The ``config.json`` of the run already here, or None if there is none."""
+        if not self.config.exists():
+            return None
+        try:
+            saved = json.loads(self.config.read_text())
+            _ = saved["algo"], saved["env_id"], saved["seed"], saved["loop"], saved["agent"]
+            return saved
+        except (ValueError, KeyError, TypeError):
+            raise RunDirError(
+                f"{self.config} is not a qsm_tutorial run config; choose another --run-dir or pass --force"
+            ) from None
+
+    def prepare(self, record: dict, resume: bool, force: bool, asked: Collection[str] | None = None) -> dict | None:
+        """Check that this folder may take the run ``record`` as asked; return the checkpoint to
+        resume from (or None for a new run). Writes nothing. On resume, only the fields in ``asked``
+        (those the caller set; None: all) can be a changed config: another field differs only when
+        this package reads the saved value back otherwise (``compile: false`` as ``"off"``), and
+        one the saved config lacks was added since; the run takes its default."""
+        saved = None
+        try:
+            saved = self.saved_config()
+        except RunDirError:
+            if not force:
+                raise
+        identity = ("algo", "env_id", "seed")
+        other_run = saved is not None and any(saved[k] != record[k] for k in identity)
+        if other_run and not force:
+            raise RunDirError(
+                f"{self.path} belongs to another run ({saved['algo']} on {saved['env_id']}, seed {saved['seed']}); "
+                "choose another --run-dir, or pass --force to replace it"
+            )
+        if not resume:
+            # Without a checkpoint there is nothing to lose: a run killed before its first one restarts.
+            if not force and self.checkpoint.exists():
+                raise RunDirError(
+                    f"{self.path} already holds this run; pass --resume to continue it or --force to start it over"
+                )
+            return None
+        if not self.checkpoint.exists():
+            raise RunDirError(f"nothing to resume in {self.path}: it has no {CHECKPOINT_FILE}; run without --resume")
+        if saved is not None and not force:
+            changed = [f"{part}.{k}" for part in ("loop", "agent") for k in record[part]
+                       if k in saved[part] and saved[part][k] != record[part][k] and (asked is None or k in asked)]  # fmt: skip
+            if changed:
+                raise RunDirError(
+                    f"resuming {self.path} with a changed config ({', '.join(changed)}) is refused; "
+                    "drop those options or pass --force"
+                )
+        checkpoint = load_checkpoint(self.checkpoint)
+        if checkpoint.get("algo") != record["algo"]:
+            raise CheckpointError(f"{self.checkpoint} holds a {checkpoint.get('algo')} agent, not {record['algo']}")
+        return checkpoint
+
+    def begin(self, record: dict, resumed: bool) -> None:
+        """Write the config; a new run first removes the files of the run it replaces."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        for p in self.path.iterdir():
+            if is_temp_file(p.name) or (not resumed and p == self.checkpoint):
+                p.unlink()
+        if not resumed and self.tensorboard.is_dir():
+            shutil.rmtree(self.tensorboard)
+        atomic_write(self.config, lambda f: f.write(json.dumps(record, indent=2).encode()))
+
+    def save_checkpoint(self, state: dict) -> None:
+        atomic_write(self.checkpoint, lambda f: torch.save(state, f))
