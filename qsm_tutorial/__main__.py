@@ -1,7 +1,7 @@
-"""``python -m qsm_tutorial``: the ``qsm-train`` command line (see :mod:`qsm_tutorial.train`)."""
+"""``python -m qsm_tutorial``: the ``qsm-train`` command line (see :mod:`qsm_tutorial.cli`)."""
 
 import sys
 
-from .train import main
+from .cli import main
 
 sys.exit(main())

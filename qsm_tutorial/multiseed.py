@@ -57,17 +57,12 @@ from tqdm.auto import tqdm
 from .algos import fast
 from .algos.qsm import QSMAgent
 from .replay import ReplayBuffer
-from .train import (
-    CHECKPOINT_FORMAT,
+from .loop import (
     LOOP_FIELDS,
-    METRIC_COLUMNS,
-    TIMING_COLUMNS,
-    CsvLog,
     GracefulStop,
     LoopConfig,
     NonFiniteError,
     Run,
-    RunDir,
     _make_envs,
     _run_record,
     evaluate,
@@ -79,6 +74,7 @@ from .train import (
     train,
     updates_due,
 )
+from .storage import CHECKPOINT_FORMAT, METRIC_COLUMNS, TIMING_COLUMNS, CsvLog, RunDir
 
 
 class SeedRandomState:

@@ -118,7 +118,7 @@ def test_bad_seeds_are_refused():
 
 
 def test_cli_seeds_writes_each_seed_as_its_single_seed_run(tmp_path, capsys):
-    from qsm_tutorial.train import main
+    from qsm_tutorial.cli import main
 
     flags = ["--env", "bandit/ring", "--total-steps", "60", "--warmup-steps", "30", "--batch-size", "8",
              "--actor-hidden", "8,8", "--critic-hidden", "8,8", "--langevin-steps", "3", "--eval-episodes", "1",
@@ -132,7 +132,7 @@ def test_cli_seeds_writes_each_seed_as_its_single_seed_run(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [["--seeds", "0,1", "--resume"], ["--seeds", "0,1", "--seed", "2"]])
 def test_cli_seeds_refuses_resume_and_a_single_seed(argv, capsys, tmp_path):
-    from qsm_tutorial.train import main
+    from qsm_tutorial.cli import main
 
     assert main(["--env", "bandit/ring", "--run-dir", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err

@@ -18,16 +18,9 @@ import qsm_tutorial
 from qsm_tutorial import envs, results
 from qsm_tutorial.algos.qsm import QSMConfig
 from qsm_tutorial.algos.sac import SACAgent
-from qsm_tutorial.train import (
-    CHECKPOINT_FORMAT,
-    CsvLog,
-    LoopConfig,
-    NonFiniteError,
-    is_temp_file,
-    load_checkpoint,
-    main,
-    updates_due,
-)
+from qsm_tutorial.cli import main
+from qsm_tutorial.loop import LoopConfig, NonFiniteError, updates_due
+from qsm_tutorial.storage import CHECKPOINT_FORMAT, CsvLog, is_temp_file, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small networks, a short warm-up, evaluation only at step 0 and at the end.
@@ -328,7 +321,7 @@ def test_learning_curves_from_runs_and_from_a_learning_csv(tmp_path):
 
 def test_control_envs_default_to_the_control_preset_and_paper_is_one_flag_away():
     from qsm_tutorial.algos.qsm import PRESETS, QSMConfig
-    from qsm_tutorial.train import make_config
+    from qsm_tutorial.loop import make_config
 
     assert make_config("qsm", "InvertedPendulum-v5") == QSMConfig.preset("control")
     assert make_config("qsm", "InvertedPendulum-v5", "paper") == QSMConfig()
@@ -355,7 +348,7 @@ def test_cli_preset_flag(tmp_path, capsys):
 
 def test_every_algorithm_has_the_cli_preset_names():
     from qsm_tutorial.algos import qsm, sac, td3
-    from qsm_tutorial.train import PRESETS
+    from qsm_tutorial.loop import PRESETS
 
     assert set(PRESETS) == {"paper", "bandit", "control"}
     assert all(set(module.PRESETS) == set(PRESETS) for module in (qsm, sac, td3))
@@ -420,3 +413,128 @@ def test_cli_threads_below_one_are_refused_by_the_parser(capsys, threads):
 def test_resuming_an_empty_run_dir_says_there_is_nothing_to_resume(capsys, tmp_path):
     err = one_line_error(capsys, ["--run-dir", str(tmp_path / "nothing"), "--resume"])
     assert "nothing to resume in" in err and "no config.json" in err, err
+
+
+# ------------------------------------------------------------------------------ redesign: loop, storage, CLI
+BANDIT = dict(actor_hidden=(16, 16), critic_hidden=(16, 16), batch_size=32, warmup_steps=60, eval_episodes=2,
+              log_every=20, langevin_steps=10)  # fmt: skip
+
+
+def training_rows(run_dir: Path) -> list[str]:
+    """metrics.csv's episode and train rows (what training did), as text."""
+    return [line for line in (run_dir / "metrics.csv").read_text().splitlines() if ",eval," not in line]
+
+
+def test_evaluation_cadence_does_not_change_the_training_run(tmp_path):
+    """QSM's deterministic act still samples (Langevin/DDPM noise): evaluation draws from its own
+    generators, so evaluating every 20 steps or only at the ends trains the same agent."""
+    for name, every in (("often", 20), ("rarely", 1000)):
+        qsm_tutorial.train("bandit/four-gaussians", "qsm", 160, seed=1, progress=False, run_dir=tmp_path / name,
+                           eval_every=every, **BANDIT)  # fmt: skip
+    often, rarely = training_rows(tmp_path / "often"), training_rows(tmp_path / "rarely")
+    assert len(often) > 100 and any(",train," in line for line in often)
+    assert often == rarely
+    evals = lambda name: results.load_run(tmp_path / name).events("eval")  # noqa: E731
+    assert len(evals("often")["step"]) == 9 and len(evals("rarely")["step"]) == 2
+    # the same agent at the same step: the same evaluation, however often it was evaluated before
+    np.testing.assert_array_equal(evals("often")["eval_return"][[0, -1]], evals("rarely")["eval_return"])
+
+
+def test_on_step_returning_false_stops_the_run_with_a_checkpoint(tmp_path):
+    seen = []
+
+    def callback(run):
+        seen.append(run.step)
+        return run.step < 130  # None (no return) and True continue; False stops
+
+    run = train(total_steps=1000, run_dir=tmp_path, on_step=callback, checkpoint_every=1000)
+    assert run.stop_reason == "callback" and run.step == 130 and seen == list(range(1, 131))
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 130
+    resumed = train(total_steps=150, run_dir=tmp_path, resume=True)
+    assert resumed.step == 150 and resumed.stop_reason is None
+
+
+def test_tensorboard_events_hold_the_metrics_rows(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(total_steps=150, run_dir=tmp_path, tensorboard=True, eval_every=100)
+    (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    board = EventAccumulator(str(events.parent))
+    board.Reload()
+    tags = board.Tags()["scalars"]
+    assert {"eval/eval_return", "train/critic_loss", "episode/episode_return"} <= set(tags)
+    steps, values = run.metric("eval_return")
+    logged = board.Scalars("eval/eval_return")
+    assert [e.step for e in logged] == list(steps) == [0, 100, 150]
+    np.testing.assert_allclose([e.value for e in logged], values, rtol=1e-6)
+    assert json.loads((tmp_path / "config.json").read_text())["loop"]["tensorboard"] is True
+
+
+def test_tensorboard_without_the_package_is_a_one_line_error(capsys, tmp_path, monkeypatch):
+    for name in ("tensorboard", "torch.utils.tensorboard"):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+    err = one_line_error(capsys, ["--env", "bandit/ring", "--tensorboard", "--run-dir", str(tmp_path / "r")])
+    assert "pip install -e '.[tensorboard]'" in err
+    assert not (tmp_path / "r").exists()
+
+
+def help_text(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_shows_the_values_this_run_will_use(capsys, finished_run):
+    control, paper = QSMConfig.preset("control"), QSMConfig()
+    assert control.alpha != paper.alpha
+    out = help_text(capsys, "--algo", "qsm", "--env", "dmc/cheetah-run")
+    assert f"grad_a Q (paper: 50) (default: {control.alpha})" in out and "preset 'control' for dmc/cheetah-run" in out
+    assert f"(default: {paper.alpha})" in help_text(capsys, "--algo", "qsm", "--env", "dmc/cheetah-run", "--preset", "paper")
+    # resuming: the saved run's values (TINY's 16-wide td3 networks, 120 steps)
+    out = help_text(capsys, "--run-dir", str(finished_run), "--resume")
+    assert "td3 config (values shown: the run's saved config.json)" in out
+    assert "(default: 16,16)" in out and "env steps (default: 120)" in out and "(default: InvertedPendulum-v5)" in out
+    assert "(default: 50)" in out  # log_every, a loop field
+
+
+def test_load_runs_skips_a_run_without_metrics_with_a_warning(tmp_path):
+    write_fake_run(tmp_path / "sac/seed0", "sac", 0, {0: 1.0})
+    write_fake_run(tmp_path / "sac/seed1", "sac", 1, {0: 3.0})
+    (tmp_path / "sac/seed1/metrics.csv").unlink()
+    with pytest.warns(UserWarning, match="seed1.*no metrics.csv"):
+        runs = results.load_runs(str(tmp_path / "*" / "seed*"))
+    assert [r.seed for r in runs] == [0]
+
+
+def test_a_half_written_last_metrics_line_is_ignored(tmp_path):
+    write_fake_run(tmp_path / "run", "sac", 0, {0: 1.0, 10: 3.0})
+    with open(tmp_path / "run/metrics.csv", "a") as f:
+        f.write("20,ev")  # a kill mid-write: no newline
+    run = results.load_run(tmp_path / "run")
+    assert list(run.metrics["step"]) == [0, 10, 7] and list(run.curve()[1]) == [1.0, 3.0]
+
+
+PRE_REDESIGN_RUN = ROOT / "tests/data/pre_redesign_run"  # qsm-train at 67fa562, see tests/data/README.md
+
+
+def test_a_run_written_before_the_redesign_resumes_or_is_refused_untouched(tmp_path, capsys):
+    fixture = hashes(PRE_REDESIGN_RUN)
+    run_dir = tmp_path / "old"
+    shutil.copytree(PRE_REDESIGN_RUN, run_dir)
+    # a changed option is refused in one line, and the folder keeps every byte
+    assert "changed config (agent.actor_lr)" in one_line_error(capsys, ["--run-dir", str(run_dir), "--resume", "--actor-lr", "0.5"])
+    assert hashes(run_dir) == fixture
+    # as saved: it continues (or, should a later change make it unreadable, is refused untouched)
+    status = main(["--run-dir", str(run_dir), "--resume", "--total-steps", "400", "--no-progress"])
+    out, err = capsys.readouterr()
+    if status == 2:
+        assert err.startswith("error: ") and err.count("\n") == 1 and hashes(run_dir) == fixture
+    else:
+        assert status == 0 and "qsm on bandit/four-gaussians, seed 0: 400 steps" in out, err
+        assert assert_run_dir_readable(run_dir) == 400
+        old_rows = (PRE_REDESIGN_RUN / "metrics.csv").read_text().splitlines()[1:]
+        new = results.load_run(run_dir)
+        assert list(new.metrics["step"][: len(old_rows)]) == [int(line.split(",")[0]) for line in old_rows]
+        assert list(new.events("eval")["step"]) == [0, 100, 200, 300, 400]
+    assert hashes(PRE_REDESIGN_RUN) == fixture

@@ -1,0 +1,533 @@
+"""The training loop: act, store, update, evaluate, log, checkpoint.
+
+    run = qsm_tutorial.train("InvertedPendulum-v5", algo="sac", total_steps=30_000, seed=0,
+                             run_dir="runs/InvertedPendulum-v5/sac/seed0")
+    run.agent.act(obs, deterministic=True)
+
+Protocol (also written into each run's ``config.json``). Env steps 1 … ``warmup_steps`` take
+uniform random actions; after that the agent acts with its exploration noise and makes
+``updates_per_step`` updates per env step on minibatches drawn uniformly from the replay buffer,
+once the buffer holds a batch. A transition's mask is 1 − terminated: time limits bootstrap.
+At step 0, every ``eval_every`` steps and at the end, the agent is evaluated over
+``eval_episodes`` episodes of a separate env instance with deterministic actions
+(``agent.act(obs, deterministic=True)``); episode j of every evaluation starts from
+``reset(seed=derived_seed(seed, EVAL_STREAM, j))``, so all evaluations see the same initial
+states, and draws its policy noise from generators seeded with
+``derived_seed(seed, EVAL_NOISE_STREAM, j)``, so evaluating (and how often) leaves the training
+run's random streams untouched. ``eval_return`` is the mean undiscounted return of those episodes.
+
+Runs on disk: see :mod:`qsm_tutorial.storage`. A checkpoint is written every ``checkpoint_every``
+steps, at the end, on SIGINT/SIGTERM (the current step finishes first; a second signal stops at
+once) and when ``on_step`` returns False. Resuming restores networks, optimisers, replay buffer and
+RNG states, drops the metric rows logged after the checkpoint, and starts a fresh training episode
+from a reset seeded by the step: the episode the interruption cut stays in the buffer as if a time
+limit had ended it. A resumed run is therefore reproducible, but not bit-identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import algos, envs
+from .algos.common import doc, is_count
+from .envs.bandits import Bandit2D
+from .replay import ReplayBuffer
+from .storage import (
+    CHECKPOINT_FORMAT,
+    METRIC_COLUMNS,
+    TIMING_COLUMNS,
+    CheckpointError,
+    CsvLog,
+    RunDir,
+    RunDirError,
+    TensorBoardLog,
+    TrainError,
+    require_tensorboard,
+    saved_fields,
+)
+
+EVAL_STREAM, RESUME_STREAM, EVAL_NOISE_STREAM = 1, 2, 3  # seed streams of derived_seed
+
+
+class NonFiniteError(TrainError):
+    """A loss or a weight became NaN or infinite; the run stopped, its last good checkpoint stays."""
+
+
+@dataclass
+class LoopConfig:
+    """How the loop drives an algorithm: update ratio, evaluation, logging and checkpoints."""
+
+    updates_per_step: float = doc(1.0, "agent updates per env step after warm-up, e.g. 0.5 or 2 (paper: 1)")
+    eval_every: int = doc(10_000, "evaluate every this many env steps, and at step 0 and at the end (paper: 10000)")
+    eval_episodes: int = doc(10, "episodes per evaluation, deterministic actions on a separate env (paper code: 1)")
+    log_every: int = doc(1_000, "write the mean of the update metrics every this many env steps")
+    checkpoint_every: int = doc(10_000, "checkpoint every this many env steps, at the end and on Ctrl-C/SIGTERM")
+    tensorboard: bool = doc(False, "also write metrics.csv's scalars as TensorBoard events to <run-dir>/tensorboard/")
+
+    def __post_init__(self):
+        if not self.updates_per_step >= 0:
+            raise ValueError(f"updates_per_step must be >= 0, got {self.updates_per_step}")
+        for name in ("eval_every", "eval_episodes", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+LOOP_FIELDS = frozenset(f.name for f in dataclasses.fields(LoopConfig))
+
+
+@dataclass
+class Run:
+    """What ``train`` returns: the trained agent, its config and the metrics history."""
+
+    agent: Any
+    config: Any
+    env_id: str
+    seed: int
+    history: list[dict] = field(default_factory=list)
+    run_dir: str | None = None
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    total_steps: int = 0
+    step: int = 0
+    timing: list[dict] = field(default_factory=list)
+    stop_reason: str | None = None  # "SIGINT" / "SIGTERM" / "callback" when the run ended early
+
+    def metric(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one logged metric."""
+        rows = [h for h in self.history if key in h]
+        return np.array([h["step"] for h in rows]), np.array([h[key] for h in rows])
+
+
+PRESETS = tuple(algos.qsm.PRESETS)  # every algorithm has the same preset names (a test checks it)
+
+
+def preset_for(env_id: str) -> str:
+    """The config preset an env family trains with by default: "bandit" for the 2-D bandits (an
+    env object that is a ``Bandit2D`` has an id starting with ``bandit/`` here, see ``_make_envs``),
+    "control" for every other env. "paper" (the faithful settings) is always one flag away."""
+    return "bandit" if env_id.startswith("bandit/") else "control"
+
+
+# Env steps when ``total_steps`` is not given: enough for a bandit's modes to show, a control
+# task's first progress.
+DEFAULT_TOTAL_STEPS = {"bandit": 1_500, "control": 100_000}
+
+
+def make_config(algo: str, env_id: str, preset: str | None = None, **overrides):
+    """``algo``'s config: the named preset (default: the env family's, ``preset_for``), then ``overrides``."""
+    _, config_cls = algos.get(algo)
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unknown {algo} config field(s) {unknown}; valid fields: {sorted(names)}")
+    return config_cls.preset(preset or preset_for(env_id), **overrides)
+
+
+def resume_fields(saved: dict | None, algo: str) -> dict[str, Any]:
+    """The loop and algorithm fields of a saved ``config.json`` that this package still has, the
+    base that a resume's overrides change; empty when ``saved`` is None or another algo's run."""
+    if saved is None or saved.get("algo") != algo:
+        return {}
+    return {**saved_fields(saved["loop"], LoopConfig), **saved_fields(saved["agent"], algos.get(algo)[1])}
+
+
+# ----------------------------------------------------------------------------------------------
+# Randomness: one seed, separate streams
+# ----------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def derived_seed(seed: int, stream: int, index: int) -> int:
+    """A seed for (run seed, purpose, index), unrelated to the run's other random streams."""
+    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def isolated_rng(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Inside the block, Python's, NumPy's and torch's global generators (and ``device``'s, if
+    CUDA) start from ``seed``; after it they are as they were, as if the block drew nothing."""
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=cuda):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.default_generator.manual_seed(seed)  # (torch.manual_seed would reseed every GPU too)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def rng_state(action_space: gym.Space) -> dict:
+    """Python, NumPy, torch (and CUDA) generators and the env's action-space sampler."""
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"]["key"] = torch.from_numpy(np_state["state"]["key"].astype(np.int64))
+    return {
+        "python": random.getstate(),
+        "numpy": np_state,
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "action_space": action_space.np_random.bit_generator.state,
+    }
+
+
+def set_rng_state(state: dict, action_space: gym.Space) -> None:
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np_state["state"]["key"] = np_state["state"]["key"].numpy().astype(np.uint32)
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    action_space.np_random.bit_generator.state = state["action_space"]
+
+
+def first_nonfinite(tree: Any, prefix: str = "") -> str | None:
+    """The name of the first float tensor holding NaN/inf in a nested state dict, or None."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        items = enumerate(tree)
+    else:
+        is_bad = isinstance(tree, torch.Tensor) and tree.is_floating_point() and not torch.isfinite(tree).all()
+        return prefix if is_bad else None
+    for key, value in items:
+        found = first_nonfinite(value, f"{prefix}.{key}" if prefix else str(key))
+        if found:
+            return found
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation and stopping
+# ----------------------------------------------------------------------------------------------
+def evaluate(agent, env: gym.Env, episodes: int, seed: int) -> dict[str, float]:
+    """Mean, std, min and max undiscounted return (and mean length) of ``episodes`` episodes with
+    deterministic actions; episode j resets with ``derived_seed(seed, EVAL_STREAM, j)`` and draws
+    from generators of its own (``isolated_rng``), so the training run's streams do not move."""
+    returns, lengths = [], []
+    for j in range(episodes):
+        with isolated_rng(derived_seed(seed, EVAL_NOISE_STREAM, j), getattr(agent, "device", "cpu")):
+            obs, _ = env.reset(seed=derived_seed(seed, EVAL_STREAM, j))
+            episode_return, length, done = 0.0, 0, False
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(agent.act(obs, deterministic=True))
+                episode_return += float(reward)
+                length += 1
+                done = terminated or truncated
+        returns.append(episode_return)
+        lengths.append(length)
+    r = np.array(returns)
+    return {
+        "eval_return": float(r.mean()),
+        "eval_return_std": float(r.std()),
+        "eval_return_min": float(r.min()),
+        "eval_return_max": float(r.max()),
+        "eval_length": float(np.mean(lengths)),
+    }
+
+
+class GracefulStop:
+    """While active, SIGINT and SIGTERM ask the loop to stop after the current step (``requested``
+    names the signal); a second signal interrupts at once. Only the main thread can install them."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+
+# ----------------------------------------------------------------------------------------------
+# The pieces of a run
+# ----------------------------------------------------------------------------------------------
+def _make_envs(env_or_id: str | gym.Env, seed: int) -> tuple[gym.Env, gym.Env, str, bool]:
+    """``(env, eval_env, env_id, made_here)``; a given env object is evaluated on a deep copy."""
+    if isinstance(env_or_id, str):
+        return envs.make(env_or_id, seed=seed), envs.make(env_or_id), env_or_id, True
+    env = env_or_id
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise ValueError(f"the algorithms need a continuous (Box) action space, got {env.action_space}")
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    env_id = getattr(env.spec, "id", None) or type(env.unwrapped).__name__
+    if isinstance(env.unwrapped, Bandit2D) and not env_id.startswith("bandit/"):
+        env_id = f"bandit/{env_id}"  # so that it trains with the bandit preset, as envs.make's bandits do
+    return env, copy.deepcopy(env), env_id, False
+
+
+def updates_due(step: int, config, ratio: float) -> int:
+    """Total updates owed after env step ``step``: ``ratio`` per step once the warm-up is over and
+    the buffer holds a batch (the buffer holds ``step`` transitions)."""
+    learning_from = max(config.warmup_steps, config.batch_size - 1)
+    return math.floor(ratio * (step - learning_from)) if step > learning_from else 0
+
+
+def step_budget(total_steps: int | None, env_id: str) -> int:
+    """``total_steps``, or the env family's ``DEFAULT_TOTAL_STEPS`` when it is None."""
+    if total_steps is None:
+        return DEFAULT_TOTAL_STEPS[preset_for(env_id)]
+    if not is_count(total_steps):
+        raise ValueError(f"total_steps (--total-steps) must be an integer >= 1, or left out for the env's default; got {total_steps!r}")
+    return total_steps
+
+
+def _run_record(algo, env_id, seed, total_steps, loop, config, obs_dim, act_dim, device) -> dict:
+    """The resolved config of a run, as JSON (``config.json``)."""
+    record = {
+        "algo": algo,
+        "env_id": env_id,
+        "seed": seed,
+        "total_steps": total_steps,
+        "obs_dim": obs_dim,
+        "act_dim": act_dim,
+        "device": str(device),
+        "loop": dataclasses.asdict(loop),
+        "agent": dataclasses.asdict(config),
+        "protocol": {
+            "warmup": f"env steps 1..{config.warmup_steps} take uniform random actions",
+            "updates": f"{loop.updates_per_step} updates per env step once the warm-up is over and a batch is stored",
+            "bootstrap": "mask = 1 - terminated: time limits bootstrap",
+            "evaluation": (
+                f"at step 0, every {loop.eval_every} steps and at the end: {loop.eval_episodes} episodes on a "
+                "separate env instance, deterministic actions agent.act(obs, deterministic=True), episode j reset "
+                f"with seed derived_seed(seed, {EVAL_STREAM}, j) at every evaluation, its policy noise from generators "
+                f"seeded with derived_seed(seed, {EVAL_NOISE_STREAM}, j), apart from training's"
+            ),
+            "eval_return": "mean over those episodes of the undiscounted episode return",
+            "episode_return": "undiscounted return of each training episode (exploration on)",
+        },
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "gymnasium": gym.__version__},
+    }
+    return json.loads(json.dumps(record))  # tuples become lists, as they will read back
+
+
+def _restore(checkpoint: dict, agent, buffer: ReplayBuffer, action_space: gym.Space, path: Path) -> tuple[int, int, int]:
+    """Load a checkpoint into the run's objects; ``(step, episodes, updates)`` to continue from."""
+    try:
+        agent.load_state_dict(checkpoint["agent"])
+        buffer.load_state_dict(checkpoint["replay"])
+        set_rng_state(checkpoint["rng"], action_space)
+        return checkpoint["step"], checkpoint["episodes"], checkpoint["updates"]
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:  # e.g. network sizes changed with --force
+        message = " ".join(str(e).split()[:30]) or type(e).__name__
+        raise CheckpointError(f"{path} does not fit this run ({message})") from None
+
+
+class MetricsLog:
+    """metrics.csv (and, with ``tensorboard``, the same scalars as TensorBoard events)."""
+
+    def __init__(self, store: RunDir | None, tensorboard: bool):
+        self.csv = CsvLog(store.metrics if store else None, METRIC_COLUMNS)
+        self.rows = self.csv.rows
+        self._store, self._tensorboard, self.board = store, tensorboard, None
+
+    def start(self, resume_step: int | None) -> None:
+        self.csv.start(resume_step)
+        self.rows = self.csv.rows
+        if self._tensorboard and self._store:
+            self.board = TensorBoardLog(self._store.tensorboard, resume_step)
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.csv.append(row)
+        if self.board:
+            self.board.append(row)
+
+    def last(self, key: str) -> float | None:
+        """The latest value of ``key`` (rounded for the progress bar), or None."""
+        for row in reversed(self.rows):
+            if key in row:
+                return round(row[key], 1)
+        return None
+
+    def close(self) -> None:
+        if self.board:
+            self.board.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+def train(
+    env_or_id: str | gym.Env,
+    algo: str = "qsm",
+    total_steps: int | None = None,
+    seed: int = 0,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    preset: str | None = None,
+    on_step: Callable[[Run], bool | None] | None = None,
+    **overrides,
+) -> Run:
+    """Train ``algo`` on an env for ``total_steps`` environment steps and return a :class:`Run`.
+
+    ``overrides`` set fields of :class:`LoopConfig` (``eval_every``, ``updates_per_step``, ...) and
+    of the algorithm's config dataclass (for QSM, :class:`~qsm_tutorial.algos.qsm.QSMConfig`), on
+    top of the ``preset``: by default the env family's (``"bandit"`` for bandits, ``"control"``
+    otherwise, see ``preset_for``); ``preset="paper"`` is the paper's configuration. Without
+    ``total_steps`` the budget is the env family's ``DEFAULT_TOTAL_STEPS``.
+
+    With ``run_dir`` the run is written there (see :mod:`qsm_tutorial.storage`). A folder that
+    already holds a run is refused unless ``resume`` (continue from its checkpoint; the saved config
+    fields are the base, and ``overrides`` that change one are refused) or ``force`` (start over;
+    with ``resume``: accept a changed config). Without ``run_dir`` nothing is written.
+    SIGINT/SIGTERM end the run after the current step (checkpointed) and ``Run.stop_reason`` names
+    the signal. ``on_step(run)``, if given, is called after every env step and its updates
+    (``run.step``, ``run.agent.n_updates`` tell where the run is); returning ``False`` stops the run
+    there, checkpointed, with ``stop_reason = "callback"`` (as Stable-Baselines3 callbacks do).
+    """
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    store = RunDir(run_dir) if run_dir is not None else None
+    asked = frozenset(overrides)  # the fields the caller set: on resume, the only ones that can change
+    if resume and store:
+        try:
+            saved = store.saved_config()
+        except RunDirError:
+            saved = None  # prepare() says what is wrong
+        overrides = {**resume_fields(saved, algo), **overrides}
+    loop = LoopConfig(**{k: overrides.pop(k) for k in LOOP_FIELDS & overrides.keys()})
+    if loop.tensorboard:
+        if store is None:
+            raise TrainError("tensorboard=True writes event files into the run directory: pass a run_dir")
+        require_tensorboard()
+    seed_everything(seed)
+    env, eval_env, env_id, made_here = _make_envs(env_or_id, seed)
+    metrics = None
+    try:
+        config = make_config(algo, env_id, preset, **overrides)
+        total_steps = step_budget(total_steps, env_id)
+        agent_cls, _ = algos.get(algo)
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        agent = agent_cls(obs_dim, act_dim, config)
+        buffer = ReplayBuffer(obs_dim, act_dim, config.buffer_size)
+        record = _run_record(algo, env_id, seed, total_steps, loop, config, obs_dim, act_dim, agent.device)
+        checkpoint = store.prepare(record, resume, force, asked) if store else None
+        start, episodes, updates = 0, 0, 0
+        if checkpoint is not None:
+            start, episodes, updates = _restore(checkpoint, agent, buffer, env.action_space, store.checkpoint)
+        metrics = MetricsLog(store, loop.tensorboard)
+        timing = CsvLog(store.timing if store else None, TIMING_COLUMNS)
+        if store:
+            store.begin(record, resumed=checkpoint is not None)
+            metrics.start(start if checkpoint is not None else None)
+            timing.start(start if checkpoint is not None else None)
+        run = Run(agent, config, env_id, seed, history=metrics.rows, run_dir=str(store.path) if store else None,
+                  loop=loop, total_steps=total_steps, step=start, timing=timing.rows)
+        saved_step = start  # the last good checkpoint, named when a run diverges
+
+        def stop_on_nonfinite(what: str, step: int) -> NonFiniteError:
+            kept = f"the last good checkpoint (step {saved_step}) is in {store.path}" if store else "nothing was saved"
+            return NonFiniteError(f"non-finite {what} at step {step}: the run stopped; {kept}")
+
+        if start == 0:
+            metrics.append({"step": 0, "event": "eval", **evaluate(agent, eval_env, loop.eval_episodes, seed)})
+        obs, _ = env.reset(seed=seed if start == 0 else derived_seed(seed, RESUME_STREAM, start))
+        episode_return, episode_length, last_eval = 0.0, 0, None
+        window: dict[str, list[float]] = {}
+        session_start = window_start = time.perf_counter()
+        window_steps, eval_seconds = 0, 0.0
+        bar = tqdm(total=total_steps, initial=start, disable=not progress, desc=f"{algo} {env_id}", unit="step", mininterval=0.5)
+        with GracefulStop() as stop, bar:
+            for step in range(start + 1, total_steps + 1):
+                # -- act and store ---------------------------------------------------------------
+                action = env.action_space.sample() if step <= config.warmup_steps else agent.act(obs)
+                next_obs, reward, terminated, truncated, _ = env.step(action)
+                buffer.add(obs, action, reward, next_obs, terminated)
+                obs, episode_return, episode_length = next_obs, episode_return + float(reward), episode_length + 1
+                if terminated or truncated:
+                    episodes += 1
+                    metrics.append({"step": step, "event": "episode", "episode": episodes,
+                                    "episode_return": episode_return, "episode_length": episode_length})
+                    obs, _ = env.reset()
+                    episode_return, episode_length = 0.0, 0
+                # -- learn -------------------------------------------------------------------------
+                for _ in range(updates_due(step, config, loop.updates_per_step) - updates):
+                    info = agent.update(buffer.sample(config.batch_size, device=agent.device))
+                    updates += 1
+                    for key, value in info.items():
+                        if not math.isfinite(value):
+                            raise stop_on_nonfinite(f"{key} ({value})", step)
+                        window.setdefault(key, []).append(value)
+                # -- log, evaluate, checkpoint ---------------------------------------------------
+                window_steps += 1
+                bar.update(1)
+                if step % loop.log_every == 0 and window:
+                    means = {k: float(np.mean(v)) for k, v in window.items()}
+                    metrics.append({"step": step, "event": "train", "updates": updates, **means})
+                    seconds = time.perf_counter() - window_start - eval_seconds
+                    steps_per_s = window_steps / seconds
+                    timing.append({"step": step, "elapsed_s": time.perf_counter() - session_start, "steps_per_s": steps_per_s})
+                    postfix = {"return": metrics.last("episode_return"), "eval": last_eval, "steps/s": round(steps_per_s)}
+                    bar.set_postfix({k: v for k, v in postfix.items() if v is not None}, refresh=False)
+                    window, window_start, window_steps, eval_seconds = {}, time.perf_counter(), 0, 0.0
+                if step % loop.eval_every == 0 or step == total_steps:
+                    t0 = time.perf_counter()
+                    result = evaluate(agent, eval_env, loop.eval_episodes, seed)
+                    eval_seconds += time.perf_counter() - t0
+                    metrics.append({"step": step, "event": "eval", **result})
+                    last_eval = round(result["eval_return"], 1)
+                run.step = step
+                if on_step is not None and on_step(run) is False and not stop.requested:
+                    stop.requested = "callback"
+                if store and (step % loop.checkpoint_every == 0 or step == total_steps or stop.requested):
+                    bad = first_nonfinite(agent.state_dict())
+                    if bad:
+                        raise stop_on_nonfinite(f"weights ({bad})", step)
+                    state = {"format": CHECKPOINT_FORMAT, "algo": algo, "env_id": env_id, "seed": seed, "step": step,
+                             "episodes": episodes, "updates": updates, "agent": agent.state_dict(),
+                             "replay": buffer.state_dict(), "rng": rng_state(env.action_space)}
+                    store.save_checkpoint(state)
+                    saved_step = step
+                if stop.requested:
+                    run.stop_reason = stop.requested
+                    break
+        return run
+    finally:
+        if metrics is not None:
+            metrics.close()
+        if made_here:
+            env.close()
+            eval_env.close()
