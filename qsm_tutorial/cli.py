@@ -24,7 +24,7 @@ import torch
 
 from . import algos, envs
 from .algos.common import cli_flag, count_argument
-from .loop import DEFAULT_TOTAL_STEPS, LOOP_FIELDS, PRESETS, LoopConfig, Run, make_config, preset_for, resume_fields, train
+from .loop import DEFAULT_TOTAL_STEPS, LOOP_FIELDS, PRESETS, LoopConfig, Run, make_config, preset_for, resume_fields, train, train_seeds
 from .storage import RunDir, RunDirError, TrainError
 
 
@@ -195,8 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         kwargs = parse_cli(argv)
         if "seeds" in kwargs:
-            from .multiseed import train_seeds  # only for --seeds
-
             runs = train_seeds(**kwargs)
         else:
             runs = [train(**kwargs)]

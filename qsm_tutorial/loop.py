@@ -385,8 +385,240 @@ class MetricsLog:
 
 
 # ----------------------------------------------------------------------------------------------
-# The loop
+# The loop: one "lane" per seed; one seed is one lane
 # ----------------------------------------------------------------------------------------------
+class SeedRandomState:
+    """One seed's Python, NumPy and torch (CPU and CUDA) random state; ``with state:`` makes it the
+    global state for the block and keeps what the block left (lanes of several seeds take turns)."""
+
+    def __init__(self):
+        self.state = self._capture()
+
+    @staticmethod
+    def _capture():
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        return torch.get_rng_state(), cuda, np.random.get_state(), random.getstate()
+
+    @staticmethod
+    def _restore(state) -> None:
+        cpu, cuda, np_state, py_state = state
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+    def __enter__(self) -> "SeedRandomState":
+        self._outer = self._capture()
+        self._restore(self.state)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.state = self._capture()
+        self._restore(self._outer)
+
+
+@dataclass
+class Lane:
+    """One seed's run inside the loop: its envs, agent, buffer, files, counters and random state."""
+
+    run: Run
+    env: gym.Env
+    eval_env: gym.Env
+    made_here: bool
+    buffer: ReplayBuffer
+    store: RunDir | None
+    metrics: MetricsLog
+    timing: CsvLog
+    rng: Any  # SeedRandomState where lanes take turns, else a no-op context
+    episodes: int = 0
+    updates: int = 0
+    saved_step: int = 0
+    obs: Any = None
+    episode_return: float = 0.0
+    episode_length: int = 0
+    window: dict = field(default_factory=dict)
+    state_dict: Callable[[], dict] | None = None  # the agent's state (a stacked model's slice for several seeds)
+
+    @property
+    def agent(self):
+        return self.run.agent
+
+    def act_and_store(self, step: int) -> None:
+        config = self.run.config
+        action = self.env.action_space.sample() if step <= config.warmup_steps else self.agent.act(self.obs)
+        next_obs, reward, terminated, truncated, _ = self.env.step(action)
+        self.buffer.add(self.obs, action, reward, next_obs, terminated)
+        self.obs, self.episode_return, self.episode_length = next_obs, self.episode_return + float(reward), self.episode_length + 1
+        if terminated or truncated:
+            self.episodes += 1
+            self.metrics.append({"step": step, "event": "episode", "episode": self.episodes,
+                                 "episode_return": self.episode_return, "episode_length": self.episode_length})  # fmt: skip
+            self.obs, _ = self.env.reset()
+            self.episode_return, self.episode_length = 0.0, 0
+
+    def record_update(self, info: dict[str, float], step: int) -> None:
+        self.updates += 1
+        for key, value in info.items():
+            if not math.isfinite(value):
+                raise self.nonfinite(f"{key} ({value})", step)
+            self.window.setdefault(key, []).append(value)
+
+    def nonfinite(self, what: str, step: int) -> NonFiniteError:
+        kept = f"the last good checkpoint (step {self.saved_step}) is in {self.store.path}" if self.store else "nothing was saved"
+        return NonFiniteError(f"non-finite {what} at step {step} (seed {self.run.seed}): the run stopped; {kept}")
+
+    def log_window(self, step: int, steps: int, seconds: float, elapsed: float) -> None:
+        means = {k: float(np.mean(v)) for k, v in self.window.items()}
+        self.metrics.append({"step": step, "event": "train", "updates": self.updates, **means})
+        self.timing.append({"step": step, "elapsed_s": elapsed, "steps_per_s": steps / seconds})
+        self.window = {}
+
+    def evaluate(self, step: int) -> None:
+        result = evaluate(self.agent, self.eval_env, self.run.loop.eval_episodes, self.run.seed)
+        self.metrics.append({"step": step, "event": "eval", **result})
+
+    def checkpoint(self, step: int) -> None:
+        agent_state = self.state_dict() if self.state_dict else self.agent.state_dict()
+        bad = first_nonfinite(agent_state)
+        if bad:
+            raise self.nonfinite(f"weights ({bad})", step)
+        run = self.run
+        self.store.save_checkpoint({
+            "format": CHECKPOINT_FORMAT, "algo": self.agent.algo, "env_id": run.env_id, "seed": run.seed, "step": step,
+            "episodes": self.episodes, "updates": self.updates, "agent": agent_state,
+            "replay": self.buffer.state_dict(), "rng": rng_state(self.env.action_space),
+        })  # fmt: skip
+        self.saved_step = step
+
+    def close(self) -> None:
+        self.metrics.close()
+        if self.made_here:
+            self.env.close()
+            self.eval_env.close()
+
+
+def open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset, overrides, rng) -> Lane:
+    """Set up one seed's run as ``train`` documents it (config, envs, agent, buffer, run dir,
+    resume), evaluate it at step 0 if new, and reset its env. ``rng`` is the lane's random state."""
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    store = RunDir(run_dir) if run_dir is not None else None
+    asked = frozenset(overrides)  # the fields the caller set: on resume, the only ones that can change
+    if resume and store:
+        try:
+            saved = store.saved_config()
+        except RunDirError:
+            saved = None  # prepare() says what is wrong
+        overrides = {**resume_fields(saved, algo), **overrides}
+    overrides = dict(overrides)
+    loop = LoopConfig(**{k: overrides.pop(k) for k in LOOP_FIELDS & overrides.keys()})
+    if loop.tensorboard:
+        if store is None:
+            raise TrainError("tensorboard=True writes event files into the run directory: pass a run_dir")
+        require_tensorboard()
+    with rng:
+        seed_everything(seed)
+        env, eval_env, env_id, made_here = _make_envs(env_or_id, seed)
+        try:
+            config = make_config(algo, env_id, preset, **overrides)
+            total_steps = step_budget(total_steps, env_id)
+            config = algos.for_run(config, updates_due(total_steps, config, loop.updates_per_step))
+            agent_cls, _ = algos.get(algo)
+            obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+            agent = agent_cls(obs_dim, act_dim, config)
+            buffer = ReplayBuffer(obs_dim, act_dim, config.buffer_size)
+            record = _run_record(algo, env_id, seed, total_steps, loop, config, obs_dim, act_dim, agent.device)
+            checkpoint = store.prepare(record, resume, force, asked) if store else None
+            start, episodes, updates = 0, 0, 0
+            if checkpoint is not None:
+                start, episodes, updates = _restore(checkpoint, agent, buffer, env.action_space, store.checkpoint)
+            metrics = MetricsLog(store, loop.tensorboard)
+            timing = CsvLog(store.timing if store else None, TIMING_COLUMNS)
+            if store:
+                store.begin(record, resumed=checkpoint is not None)
+                metrics.start(start if checkpoint is not None else None)
+                timing.start(start if checkpoint is not None else None)
+        except BaseException:
+            if made_here:
+                env.close()
+                eval_env.close()
+            raise
+        run = Run(agent, config, env_id, seed, history=metrics.rows, run_dir=str(store.path) if store else None,
+                  loop=loop, total_steps=total_steps, step=start, timing=timing.rows)  # fmt: skip
+        lane = Lane(run, env, eval_env, made_here, buffer, store, metrics, timing, rng, episodes, updates, saved_step=start)
+        if start == 0:
+            lane.evaluate(0)
+        lane.obs, _ = env.reset(seed=seed if start == 0 else derived_seed(seed, RESUME_STREAM, start))
+    return lane
+
+
+def learn(lanes: list[Lane], stack, step: int) -> None:
+    """The updates owed after env step ``step``: each lane's agent alone, or every lane at once
+    through ``stack`` (a model of several seeds, ``algos.seeds``), each drawing from its own state."""
+    lane0 = lanes[0]
+    config, ratio = lane0.run.config, lane0.run.loop.updates_per_step
+    for _ in range(updates_due(step, config, ratio) - lane0.updates):
+        if stack is None:
+            for lane in lanes:
+                with lane.rng:
+                    info = lane.agent.update(lane.buffer.sample(config.batch_size, device=lane.agent.device))
+                lane.record_update(info, step)
+            continue
+        batches, noises = [], []
+        for lane in lanes:
+            with lane.rng:
+                batches.append(lane.buffer.sample(config.batch_size, device=lane.agent.device))
+                noises.append(stack.draw_noise(batches[-1]))
+        for lane, info in zip(lanes, stack.update(batches, noises)):
+            lane.record_update(info, step)
+
+
+def run_lanes(lanes: list[Lane], stack=None, progress: bool = True, on_step=None) -> None:
+    """Step every lane in lockstep to the budget: act and store, learn, log, evaluate, checkpoint."""
+    lane0 = lanes[0]
+    run0, loop = lane0.run, lane0.run.loop
+    start, total_steps = run0.step, run0.total_steps
+    session_start = window_start = time.perf_counter()
+    window_steps, eval_seconds = 0, 0.0
+    desc = f"{lane0.agent.algo} {run0.env_id}" + (f" ×{len(lanes)} seeds" if len(lanes) > 1 else "")
+    bar = tqdm(total=total_steps, initial=start, disable=not progress, desc=desc, unit="step", mininterval=0.5)
+    with GracefulStop() as stop, bar:
+        for step in range(start + 1, total_steps + 1):
+            for lane in lanes:
+                with lane.rng:
+                    lane.act_and_store(step)
+            learn(lanes, stack, step)
+            window_steps += 1
+            bar.update(1)
+            if step % loop.log_every == 0 and lane0.window:
+                seconds = time.perf_counter() - window_start - eval_seconds
+                for lane in lanes:
+                    lane.log_window(step, window_steps, seconds, time.perf_counter() - session_start)
+                postfix = {"return": lane0.metrics.last("episode_return"), "eval": lane0.metrics.last("eval_return"),
+                           "steps/s": round(window_steps / seconds)}  # fmt: skip
+                bar.set_postfix({k: v for k, v in postfix.items() if v is not None}, refresh=False)
+                window_start, window_steps, eval_seconds = time.perf_counter(), 0, 0.0
+            if step % loop.eval_every == 0 or step == total_steps:
+                t0 = time.perf_counter()
+                for lane in lanes:
+                    with lane.rng:
+                        lane.evaluate(step)
+                eval_seconds += time.perf_counter() - t0
+            for lane in lanes:
+                lane.run.step = step
+                if on_step is not None and on_step(lane.run) is False and not stop.requested:
+                    stop.requested = "callback"
+            for lane in lanes:
+                if lane.store and (step % loop.checkpoint_every == 0 or step == total_steps or stop.requested):
+                    with lane.rng:
+                        lane.checkpoint(step)
+            if stop.requested:
+                for lane in lanes:
+                    lane.run.stop_reason = stop.requested
+                break
+
+
 def train(
     env_or_id: str | gym.Env,
     algo: str = "qsm",
@@ -418,116 +650,53 @@ def train(
     (``run.step``, ``run.agent.n_updates`` tell where the run is); returning ``False`` stops the run
     there, checkpointed, with ``stop_reason = "callback"`` (as Stable-Baselines3 callbacks do).
     """
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    store = RunDir(run_dir) if run_dir is not None else None
-    asked = frozenset(overrides)  # the fields the caller set: on resume, the only ones that can change
-    if resume and store:
-        try:
-            saved = store.saved_config()
-        except RunDirError:
-            saved = None  # prepare() says what is wrong
-        overrides = {**resume_fields(saved, algo), **overrides}
-    loop = LoopConfig(**{k: overrides.pop(k) for k in LOOP_FIELDS & overrides.keys()})
-    if loop.tensorboard:
-        if store is None:
-            raise TrainError("tensorboard=True writes event files into the run directory: pass a run_dir")
-        require_tensorboard()
-    seed_everything(seed)
-    env, eval_env, env_id, made_here = _make_envs(env_or_id, seed)
-    metrics = None
+    lane = open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset, overrides, contextlib.nullcontext())
     try:
-        config = make_config(algo, env_id, preset, **overrides)
-        total_steps = step_budget(total_steps, env_id)
-        agent_cls, _ = algos.get(algo)
-        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
-        agent = agent_cls(obs_dim, act_dim, config)
-        buffer = ReplayBuffer(obs_dim, act_dim, config.buffer_size)
-        record = _run_record(algo, env_id, seed, total_steps, loop, config, obs_dim, act_dim, agent.device)
-        checkpoint = store.prepare(record, resume, force, asked) if store else None
-        start, episodes, updates = 0, 0, 0
-        if checkpoint is not None:
-            start, episodes, updates = _restore(checkpoint, agent, buffer, env.action_space, store.checkpoint)
-        metrics = MetricsLog(store, loop.tensorboard)
-        timing = CsvLog(store.timing if store else None, TIMING_COLUMNS)
-        if store:
-            store.begin(record, resumed=checkpoint is not None)
-            metrics.start(start if checkpoint is not None else None)
-            timing.start(start if checkpoint is not None else None)
-        run = Run(agent, config, env_id, seed, history=metrics.rows, run_dir=str(store.path) if store else None,
-                  loop=loop, total_steps=total_steps, step=start, timing=timing.rows)
-        saved_step = start  # the last good checkpoint, named when a run diverges
-
-        def stop_on_nonfinite(what: str, step: int) -> NonFiniteError:
-            kept = f"the last good checkpoint (step {saved_step}) is in {store.path}" if store else "nothing was saved"
-            return NonFiniteError(f"non-finite {what} at step {step}: the run stopped; {kept}")
-
-        if start == 0:
-            metrics.append({"step": 0, "event": "eval", **evaluate(agent, eval_env, loop.eval_episodes, seed)})
-        obs, _ = env.reset(seed=seed if start == 0 else derived_seed(seed, RESUME_STREAM, start))
-        episode_return, episode_length, last_eval = 0.0, 0, None
-        window: dict[str, list[float]] = {}
-        session_start = window_start = time.perf_counter()
-        window_steps, eval_seconds = 0, 0.0
-        bar = tqdm(total=total_steps, initial=start, disable=not progress, desc=f"{algo} {env_id}", unit="step", mininterval=0.5)
-        with GracefulStop() as stop, bar:
-            for step in range(start + 1, total_steps + 1):
-                # -- act and store ---------------------------------------------------------------
-                action = env.action_space.sample() if step <= config.warmup_steps else agent.act(obs)
-                next_obs, reward, terminated, truncated, _ = env.step(action)
-                buffer.add(obs, action, reward, next_obs, terminated)
-                obs, episode_return, episode_length = next_obs, episode_return + float(reward), episode_length + 1
-                if terminated or truncated:
-                    episodes += 1
-                    metrics.append({"step": step, "event": "episode", "episode": episodes,
-                                    "episode_return": episode_return, "episode_length": episode_length})
-                    obs, _ = env.reset()
-                    episode_return, episode_length = 0.0, 0
-                # -- learn -------------------------------------------------------------------------
-                for _ in range(updates_due(step, config, loop.updates_per_step) - updates):
-                    info = agent.update(buffer.sample(config.batch_size, device=agent.device))
-                    updates += 1
-                    for key, value in info.items():
-                        if not math.isfinite(value):
-                            raise stop_on_nonfinite(f"{key} ({value})", step)
-                        window.setdefault(key, []).append(value)
-                # -- log, evaluate, checkpoint ---------------------------------------------------
-                window_steps += 1
-                bar.update(1)
-                if step % loop.log_every == 0 and window:
-                    means = {k: float(np.mean(v)) for k, v in window.items()}
-                    metrics.append({"step": step, "event": "train", "updates": updates, **means})
-                    seconds = time.perf_counter() - window_start - eval_seconds
-                    steps_per_s = window_steps / seconds
-                    timing.append({"step": step, "elapsed_s": time.perf_counter() - session_start, "steps_per_s": steps_per_s})
-                    postfix = {"return": metrics.last("episode_return"), "eval": last_eval, "steps/s": round(steps_per_s)}
-                    bar.set_postfix({k: v for k, v in postfix.items() if v is not None}, refresh=False)
-                    window, window_start, window_steps, eval_seconds = {}, time.perf_counter(), 0, 0.0
-                if step % loop.eval_every == 0 or step == total_steps:
-                    t0 = time.perf_counter()
-                    result = evaluate(agent, eval_env, loop.eval_episodes, seed)
-                    eval_seconds += time.perf_counter() - t0
-                    metrics.append({"step": step, "event": "eval", **result})
-                    last_eval = round(result["eval_return"], 1)
-                run.step = step
-                if on_step is not None and on_step(run) is False and not stop.requested:
-                    stop.requested = "callback"
-                if store and (step % loop.checkpoint_every == 0 or step == total_steps or stop.requested):
-                    bad = first_nonfinite(agent.state_dict())
-                    if bad:
-                        raise stop_on_nonfinite(f"weights ({bad})", step)
-                    state = {"format": CHECKPOINT_FORMAT, "algo": algo, "env_id": env_id, "seed": seed, "step": step,
-                             "episodes": episodes, "updates": updates, "agent": agent.state_dict(),
-                             "replay": buffer.state_dict(), "rng": rng_state(env.action_space)}
-                    store.save_checkpoint(state)
-                    saved_step = step
-                if stop.requested:
-                    run.stop_reason = stop.requested
-                    break
-        return run
+        run_lanes([lane], progress=progress, on_step=on_step)
+        return lane.run
     finally:
-        if metrics is not None:
-            metrics.close()
-        if made_here:
-            env.close()
-            eval_env.close()
+        lane.close()
+
+
+def train_seeds(
+    env_id: str,
+    algo: str = "qsm",
+    seeds: tuple[int, ...] = (0, 1, 2, 3),
+    total_steps: int | None = None,
+    *,
+    run_root: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: bool = True,
+    preset: str | None = None,
+    **overrides,
+) -> list[Run]:
+    """Train one agent per seed on ``env_id`` side by side in this process, in lockstep; a list of
+    :class:`Run` in the order of ``seeds``. QSM's seeds update as one batched model
+    (:class:`~qsm_tutorial.algos.seeds.QSMSeeds`); other algorithms update seed after seed.
+    ``overrides`` are :func:`train`'s. With ``run_root``, seed k is written to ``<run_root>/seed<k>``
+    as ``train`` writes a run (continue one alone with ``train(..., run_dir=..., resume=True)``).
+    Seed k's run equals ``train(env_id, algo, total_steps, seed=k, ...)`` to float32 rounding."""
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"seeds must be distinct non-negative integers, got {seeds}")
+    if not isinstance(env_id, str):
+        raise TypeError(f"train_seeds takes an env id (a string), got {type(env_id).__name__}")
+    lanes: list[Lane] = []
+    stack = None
+    try:
+        for seed in seeds:
+            run_dir = Path(run_root) / f"seed{seed}" if run_root is not None else None
+            lanes.append(open_lane(env_id, algo, total_steps, seed, run_dir, False, force, preset, overrides, SeedRandomState()))
+        if algo == "qsm" and len(lanes) > 1:
+            from .algos.seeds import QSMSeeds
+
+            stack = QSMSeeds([lane.agent for lane in lanes])
+            for k, lane in enumerate(lanes):
+                lane.state_dict = lambda k=k: stack.state_dict(k)
+        run_lanes(lanes, stack, progress)
+        return [lane.run for lane in lanes]
+    finally:
+        if stack is not None:
+            stack.release()
+        for lane in lanes:
+            lane.close()

@@ -1,102 +1,106 @@
-"""Several seeds in one process give each seed's single-seed run, bit for bit; memory stays fixed."""
+"""Several seeds in one process: one batched model (torch.func) over the same losses, one loop.
 
+Seed k of a stacked run agrees with its single-seed run to float32 rounding, not bit for bit: a
+batched matrix multiply may sum in another order than a plain one. Tolerances below are measured.
+"""
+
+import copy
+
+import numpy as np
 import pytest
 import torch
 
 import qsm_tutorial
-from qsm_tutorial.algos import fast
-from qsm_tutorial.multiseed import SeedRandomState, train_seeds
-from qsm_tutorial.replay import ReplayBuffer
+from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig, draw_update_noise
+from qsm_tutorial.algos.seeds import QSMSeeds
+from qsm_tutorial.loop import SeedRandomState, train_seeds
+from qsm_tutorial.replay import Batch, ReplayBuffer
 
-# Small and short, but with everything the loop does: warm-up, acting, episodes that end and
-# restart (InvertedPendulum falls), bootstrapped TD targets, evaluations and logging windows.
 SMALL = dict(total_steps=75, warmup_steps=40, batch_size=16, actor_hidden=(16, 16), critic_hidden=(16, 16), T=3,
              eval_episodes=1, eval_every=60, log_every=30, progress=False)  # fmt: skip
 
 
-def flat(tree, prefix=""):
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from flat(v, f"{prefix}.{k}")
-    elif isinstance(tree, (list, tuple)):
-        for i, v in enumerate(tree):
-            yield from flat(v, f"{prefix}.{i}")
-    else:
-        yield prefix, tree
+def random_batch(obs_dim: int, act_dim: int, B: int, bootstrap_share: float = 0.9) -> Batch:
+    return Batch(torch.randn(B, obs_dim), torch.rand(B, act_dim) * 2 - 1, torch.randn(B), torch.randn(B, obs_dim),
+                 (torch.rand(B) < bootstrap_share).float())  # fmt: skip
 
 
-def assert_identical_runs(single, multi) -> None:
-    assert single.history == multi.history  # episodes, training metrics, evaluations: exact floats
-    a, b = dict(flat(single.agent.state_dict())), dict(flat(multi.agent.state_dict()))
-    assert a.keys() == b.keys()
-    for key, x in a.items():
-        same = torch.equal(x, b[key]) if torch.is_tensor(x) else x == b[key]
-        assert same, f"{key} differs"
+def drift_over_movement(stacked: dict, single: dict, initial: dict) -> float:
+    """max |stacked − single| over max |single − initial|: the gap as a share of how far training moved."""
+    gap = max(float((stacked[k] - single[k]).detach().abs().max()) for k in single)
+    moved = max(float((single[k] - initial[k]).detach().abs().max()) for k in single)
+    return gap / moved
 
 
-@pytest.mark.parametrize(
-    "env_id, extra, seeds",
-    [
-        ("InvertedPendulum-v5", {}, (3, 0)),
-        ("bandit/ring", {"langevin_steps": 4}, (3, 0)),
-        ("dmc/cheetah-run", {}, (3, 0, 1)),  # |A| = 6: output layers and biases that need care, fast.py
-    ],
-)
-def test_each_seed_equals_its_single_seed_run(env_id, extra, seeds):
+@pytest.mark.parametrize("obs_dim, act_dim, hidden, preset", [(3, 1, 32, "control"), (17, 6, 64, "control"), (1, 2, 32, "bandit")])
+def test_stacked_update_equals_single_updates_to_float32_rounding(obs_dim, act_dim, hidden, preset):
+    """S = 3 seeds, 30 updates, each seed's own batches and draws: every network of every seed stays
+    within 1e-3 of its training movement of the single-seed agent (measured on this 2-core Xeon: at
+    most 6e-5, usually 1e-6 to 1e-5; 1e-3 leaves room for other CPUs' kernels, while a real error,
+    such as seeds mixing or a missed step, is of order 1)."""
+    cfg = QSMConfig.preset(preset, actor_hidden=(hidden, hidden), critic_hidden=(hidden, hidden), batch_size=32,
+                           device="cpu", compile="off", langevin_steps=4)  # fmt: skip
+    def agent(k: int) -> QSMAgent:
+        torch.manual_seed(k)
+        return QSMAgent(obs_dim, act_dim, cfg)
+
+    agents, singles = [agent(k) for k in range(3)], [agent(k) for k in range(3)]
+    initial = [copy.deepcopy(a.state_dict()) for a in singles]
+    stack = QSMSeeds(agents)
+    torch.manual_seed(10)
+    for _ in range(30):
+        batches = [random_batch(obs_dim, act_dim, 32, 0.0 if preset == "bandit" else 0.9) for _ in agents]
+        noises = [draw_update_noise(cfg, cfg.T, b) for b in batches]
+        infos = stack.update(batches, noises)
+        for single, b, n, info in zip(singles, batches, noises, infos):
+            expected = single.update(b, n)
+            assert info == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    for k, single in enumerate(singles):
+        stacked_state = stack.state_dict(k)
+        for part in ("actor", "critic", "critic_target"):
+            gap = drift_over_movement(stacked_state[part], single.state_dict()[part], initial[k][part])
+            print(f"seed {k} {part}: gap / movement {gap:.1e}")
+            assert gap < 1e-3, (k, part, gap)
+
+
+def test_seed_slice_state_loads_into_a_plain_agent_and_acts_the_same():
+    cfg = QSMConfig.preset("control", actor_hidden=(16, 16), critic_hidden=(16, 16), batch_size=8, device="cpu", compile="off")
+    agents = [QSMAgent(3, 1, cfg) for _ in range(2)]
+    stack = QSMSeeds(agents)
+    stack.update([random_batch(3, 1, 8) for _ in agents], [draw_update_noise(cfg, cfg.T, random_batch(3, 1, 8)) for _ in agents])
+    plain = QSMAgent(3, 1, cfg)
+    plain.load_state_dict(stack.state_dict(1))
+    obs = np.zeros(3, np.float32)
+    torch.manual_seed(0)
+    a = agents[1].act(obs, deterministic=True)
+    torch.manual_seed(0)
+    assert np.array_equal(a, plain.act(obs, deterministic=True))
+    saved = stack.state_dict(1)["actor"]["net.0.weight"]
+    assert saved.untyped_storage().nbytes() == saved.numel() * 4  # a copy, not a view of the whole stack
+
+
+@pytest.mark.parametrize("env_id, extra", [("InvertedPendulum-v5", {}), ("bandit/ring", {"langevin_steps": 4})])
+def test_each_seed_of_a_stacked_run_follows_its_single_seed_run(env_id, extra):
+    """The loop with lanes: the same episodes while warm-up actions are random, then the same
+    training to float32 rounding (episode returns and evaluations within 1e-3 relative here)."""
+    seeds = (3, 0)
     multi = train_seeds(env_id, "qsm", seeds=seeds, **SMALL, **extra)
     assert [r.seed for r in multi] == list(seeds)
     for seed, run in zip(seeds, multi):
-        assert_identical_runs(qsm_tutorial.train(env_id, "qsm", seed=seed, **SMALL, **extra), run)
+        single = qsm_tutorial.train(env_id, "qsm", seed=seed, **SMALL, **extra)
+        assert [r["event"] for r in single.history] == [r["event"] for r in run.history]
+        for a, b in zip(single.history, run.history):
+            for key, value in a.items():
+                if isinstance(value, float):
+                    assert b[key] == pytest.approx(value, rel=1e-3, abs=1e-4), (seed, a["step"], key)
+                else:
+                    assert b[key] == value
     assert multi[0].history != multi[1].history  # and the seeds differ from each other
 
 
-@pytest.mark.parametrize(
-    "obs_dim, act_dim, hidden, batch_size",
-    # pendulum-like (|A| = 1: matrix-vector products, S-dependent on AVX-512 unless done per seed); cheetah-like; the paper's sizes
-    [(3, 1, 32, 32), (3, 1, 64, 64), (17, 6, 64, 64), (17, 6, 512, 256)],
-)
-def test_stacked_update_of_a_seed_does_not_depend_on_the_others(obs_dim, act_dim, hidden, batch_size):
-    """Slice 0 of an S = 3 update equals the S = 1 update bit for bit (kernels are per slice),
-    for one and for several action dimensions (the output layers' kernels differ, see
-    ``fast.stacked_linear``)."""
-    from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig
-    from qsm_tutorial.multiseed import StackedQSM
-
-    cfg = QSMConfig(device="cpu", actor_hidden=(hidden, hidden), critic_hidden=(hidden, hidden), batch_size=batch_size)
-    buffers = []
-    for seed in range(3):
-        g = torch.Generator().manual_seed(seed)
-        b = ReplayBuffer(obs_dim, act_dim, 2 * batch_size)
-        for _ in range(2 * batch_size):
-            b.add(torch.randn(obs_dim, generator=g).numpy(), torch.rand(act_dim, generator=g).numpy(), 1.0,
-                  torch.randn(obs_dim, generator=g).numpy(), False)  # fmt: skip
-        buffers.append(b)
-    results = []
-    for S in (1, 3):
-        torch.manual_seed(0)
-        stack = StackedQSM([QSMAgent(obs_dim, act_dim, cfg) for _ in range(S)])
-        for step in range(3):
-            batches, td, actor = [], [], []
-            for k in range(S):  # seed k's draws depend on k and the step only
-                torch.manual_seed(100 * step + k)
-                batches.append(buffers[k].sample(batch_size))
-                td.append(fast.draw_td_noise(cfg, batches[-1], act_dim))
-                actor.append(fast.draw_actor_noise(cfg, batch_size, act_dim, "cpu"))
-            info = stack.update(batches, td, actor)
-        results.append((info[0], stack.state_dict(0)))
-    assert results[0][0] == results[1][0]
-    for key, x in dict(flat(results[0][1])).items():
-        y = dict(flat(results[1][1]))[key]
-        assert torch.equal(x, y) if torch.is_tensor(x) else x == y, key
-
-
-def test_seed_random_state_isolates_streams():
-    a, b = SeedRandomState(), SeedRandomState()
+def test_seed_random_state_is_swapped_in_and_out():
     torch.manual_seed(0)
-    with a:
-        torch.manual_seed(1)
-    with b:
-        torch.manual_seed(1)
+    a, b = SeedRandomState(), SeedRandomState()
     outside = torch.rand(3)
     with a:
         xa = torch.rand(3)
@@ -106,10 +110,13 @@ def test_seed_random_state_isolates_streams():
     assert torch.equal(outside, torch.rand(3)) and torch.equal(xa, xb)
 
 
-def test_other_algorithms_run_seed_after_seed():
+def test_other_algorithms_run_their_seeds_in_lockstep_without_stacking():
     runs = train_seeds("bandit/ring", "sac", seeds=(0, 1), total_steps=40, warmup_steps=20, batch_size=8,
                        actor_hidden=(8, 8), critic_hidden=(8, 8), eval_episodes=1, progress=False)  # fmt: skip
     assert [r.seed for r in runs] == [0, 1] and all(r.step == 40 for r in runs)
+    single = qsm_tutorial.train("bandit/ring", "sac", total_steps=40, seed=1, warmup_steps=20, batch_size=8,
+                                actor_hidden=(8, 8), critic_hidden=(8, 8), eval_episodes=1, progress=False)  # fmt: skip
+    assert single.history == runs[1].history  # no stacking: each seed's own update, bit for bit
 
 
 def test_bad_seeds_are_refused():
@@ -117,17 +124,16 @@ def test_bad_seeds_are_refused():
         train_seeds("bandit/ring", seeds=(1, 1))
 
 
-def test_cli_seeds_writes_each_seed_as_its_single_seed_run(tmp_path, capsys):
+def test_cli_seeds_writes_each_seed_as_a_resumable_run(tmp_path, capsys):
     from qsm_tutorial.cli import main
 
     flags = ["--env", "bandit/ring", "--total-steps", "60", "--warmup-steps", "30", "--batch-size", "8",
              "--actor-hidden", "8,8", "--critic-hidden", "8,8", "--langevin-steps", "3", "--eval-episodes", "1",
              "--no-progress"]  # fmt: skip
     assert main([*flags, "--seeds", "1,0", "--run-dir", str(tmp_path / "multi")]) == 0
-    assert main([*flags, "--seed", "1", "--run-dir", str(tmp_path / "single")]) == 0
-    assert capsys.readouterr().out.count("steps, eval return") == 3
-    multi, single = (tmp_path / "multi" / "seed1" / "metrics.csv").read_bytes(), (tmp_path / "single" / "metrics.csv").read_bytes()
-    assert multi == single and (tmp_path / "multi" / "seed0" / "metrics.csv").read_bytes() != multi
+    assert capsys.readouterr().out.count("steps, eval return") == 2
+    assert main(["--run-dir", str(tmp_path / "multi" / "seed1"), "--resume", "--total-steps", "70", "--no-progress"]) == 0
+    assert "70 steps" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv", [["--seeds", "0,1", "--resume"], ["--seeds", "0,1", "--seed", "2"]])
@@ -150,29 +156,17 @@ def test_replay_buffer_for_a_million_cheetah_steps_is_under_250_mb():
     assert buf.nbytes == before and all(getattr(buf, f).dtype.name == "float32" for f in buf.FIELDS)
 
 
-def test_stacked_update_compiles():
-    """``compile=True`` with stacked seeds: the compiled backward also calls the per-seed gradient
-    hooks of parameters it gives no gradient (they must skip them); numbers as eager to rounding."""
-    from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig
-    from qsm_tutorial.multiseed import StackedQSM
-
-    buffers = []
-    for seed in range(2):
-        g = torch.Generator().manual_seed(seed)
-        b = ReplayBuffer(4, 1, 64)
-        for _ in range(64):
-            b.add(torch.randn(4, generator=g).numpy(), torch.rand(1, generator=g).numpy(), 1.0, torch.randn(4, generator=g).numpy(), False)
-        buffers.append(b)
+@pytest.mark.slow
+def test_stacked_update_compiles_and_agrees_with_eager():
     infos = {}
-    for compile in (False, True):
+    for compile in ("off", "on"):
         cfg = QSMConfig(device="cpu", actor_hidden=(32, 32), critic_hidden=(32, 32), batch_size=32, compile=compile)
         torch.manual_seed(0)
-        stack = StackedQSM([QSMAgent(4, 1, cfg) for _ in range(2)])
-        for step in range(2):
-            torch.manual_seed(step)
-            batches = [b.sample(32) for b in buffers]
-            info = stack.update(batches, [fast.draw_td_noise(cfg, b, 1) for b in batches],
-                                [fast.draw_actor_noise(cfg, 32, 1, "cpu") for _ in batches])  # fmt: skip
+        stack = QSMSeeds([QSMAgent(3, 1, cfg) for _ in range(2)])
+        torch.manual_seed(1)
+        for _ in range(3):
+            batches = [random_batch(3, 1, 32) for _ in range(2)]
+            info = stack.update(batches, [draw_update_noise(cfg, cfg.T, b) for b in batches])
         infos[compile] = info
-    for eager, compiled in zip(infos[False], infos[True]):
-        assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-7)
+    for eager, compiled in zip(infos["off"], infos["on"]):
+        assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-6)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -79,7 +79,7 @@ class QSMConfig:
     warmup_steps: int = doc(10_000, "uniform-random actions before learning starts (paper: 10000)")
     buffer_size: int = doc(1_000_000, "replay buffer capacity (paper: 1e6)")
     device: str = doc("auto", "torch device: auto (CUDA if present), cpu or cuda")
-    compile: str = doc("auto", "torch.compile the update's two losses (forward and backward): on, off, or auto = on for runs of at least COMPILE_MIN_UPDATES updates when a C++ compiler is present (it compiles at the first update)")
+    compile: str = doc("auto", "torch.compile the update's two losses (forward and backward) at the first update: on, off, or auto = on for runs long enough to repay it (qsm.COMPILE_MIN_UPDATES updates) when a C++ compiler is present")
 
     def __post_init__(self):
         check_config(self)
@@ -243,17 +243,18 @@ COMPILE_MIN_UPDATES = 20_000
 seconds at the first update, which a run repays only over thousands of updates (docs/performance.md)."""
 
 
-def should_compile(setting: str, device: torch.device, planned_updates: int | None) -> bool:
-    """Resolve ``QSMConfig.compile``; "on" without a C++ compiler (on a CPU) is an error, "auto"
-    falls back to eager with one line saying so."""
-    if setting == "off" or (setting == "auto" and (planned_updates or 0) < COMPILE_MIN_UPDATES):
-        return False
-    missing = missing_compiler(device)
-    if missing and setting == "on":
-        raise ValueError(f"compile=on (--compile on) {missing}: install g++ (or set CXX), or use --compile off")
+def resolve_compile(config: QSMConfig, planned_updates: int) -> QSMConfig:
+    """``config`` with ``compile="auto"`` decided for a run of ``planned_updates`` updates: "on"
+    when it is long enough to repay compiling and a C++ compiler is present (else "off", saying why
+    in one line). An agent made directly (notebooks, tests) treats "auto" as "off"."""
+    if config.compile != "auto":
+        return config
+    if planned_updates < COMPILE_MIN_UPDATES:
+        return replace(config, compile="off")
+    missing = missing_compiler(resolve_device(config.device))
     if missing:
-        print(f"qsm: running eagerly: torch.compile {missing}")
-    return not missing
+        print(f"qsm: running the update eagerly: torch.compile {missing}")
+    return replace(config, compile="off" if missing else "on")
 
 
 def missing_compiler(device: torch.device) -> str | None:
@@ -289,7 +290,7 @@ class QSMAgent(Checkpointable):
     algo = "qsm"
     checkpoint_parts = ("actor", "critic", "critic_target", "actor_opt", "critic_opt", "actor_sched")
 
-    def __init__(self, obs_dim: int, act_dim: int, config: QSMConfig | None = None, planned_updates: int | None = None):
+    def __init__(self, obs_dim: int, act_dim: int, config: QSMConfig | None = None):
         self.config = cfg = config or QSMConfig()
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.device = resolve_device(cfg.device)
@@ -301,7 +302,9 @@ class QSMAgent(Checkpointable):
         self.critic_opt = adam(self.critic.parameters(), cfg.critic_lr, self.device)
         self.actor_sched = torch.optim.lr_scheduler.LambdaLR(self.actor_opt, self._actor_lr_factor)
         self.n_updates = 0
-        self.compiled = should_compile(cfg.compile, self.device, planned_updates)
+        self.compiled = cfg.compile == "on"
+        if self.compiled and missing_compiler(self.device):
+            raise ValueError(f"compile=on (--compile on) {missing_compiler(self.device)}: install g++ (or set CXX), or use --compile off")
         self.critic_loss, self.actor_loss = self._critic_loss, self._actor_loss
         if self.compiled:
             self.critic_loss, self.actor_loss = torch.compile(self._critic_loss), torch.compile(self._actor_loss)

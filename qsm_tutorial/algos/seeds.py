@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ..replay import Batch
-from .qsm import QSMAgent, UpdateNoise, adam, minimise, qsm_actor_loss, qsm_critic_loss
+from .qsm import QSMAgent, UpdateNoise, adam, draw_update_noise, minimise, qsm_actor_loss, qsm_critic_loss
 
 Params = dict[str, Tensor]
 
@@ -67,10 +67,17 @@ class QSMSeeds:
         self.critic_opt = adam(self.critic.values(), self.config.critic_lr, self.device)
         self.actor_sched = torch.optim.lr_scheduler.LambdaLR(self.actor_opt, base._actor_lr_factor)
         self.n_updates = 0
-        self.critic_losses = vmap(partial(self._critic_loss, base))
-        self.actor_losses = vmap(partial(self._actor_loss, base))
-        if base.compiled:
-            self.critic_losses, self.actor_losses = torch.compile(self.critic_losses), torch.compile(self.actor_losses)
+        self.base, self._losses = base, {}
+
+    def losses(self, bootstraps: bool):
+        """The two losses vmapped over seeds (and compiled if the agents are); without a bootstrap
+        the TD target's draws are None, which vmap must be told not to map over."""
+        if bootstraps not in self._losses:
+            noise_dims = UpdateNoise(0, 0, 0, 0) if bootstraps else UpdateNoise(None, None, 0, 0)
+            critic = vmap(partial(self._critic_loss, self.base), in_dims=(0, 0, 0, 0, noise_dims))
+            actor = vmap(partial(self._actor_loss, self.base), in_dims=(0, 0, 0, noise_dims))
+            self._losses[bootstraps] = (torch.compile(critic), torch.compile(actor)) if self.base.compiled else (critic, actor)
+        return self._losses[bootstraps]
 
     def _critic_loss(self, base: QSMAgent, critic: Params, target: Params, actor: Params, batch: Batch, noise: UpdateNoise):
         return qsm_critic_loss(called_with(base.critic, critic), called_with(base.critic_target, target),
@@ -79,14 +86,19 @@ class QSMSeeds:
     def _actor_loss(self, base: QSMAgent, actor: Params, critic: Params, batch: Batch, noise: UpdateNoise):
         return qsm_actor_loss(called_with(base.actor, actor), called_with(base.critic, critic), self.schedule, self.config, batch, noise)
 
+    def draw_noise(self, batch: Batch) -> UpdateNoise:
+        """One seed's draws for an update (call it with that seed's random state in place)."""
+        return draw_update_noise(self.config, self.schedule.T, batch)
+
     def update(self, batches: list[Batch], noises: list[UpdateNoise]) -> list[dict[str, float]]:
         """One update of every seed from its own minibatch and draws; each seed's metrics."""
         batch, noise = Batch(*(torch.stack(parts) for parts in zip(*batches))), stack_noise(noises)
-        loss_c, q = self.critic_losses(self.critic, self.critic_target, self.actor, batch, noise)
+        critic_losses, actor_losses = self.losses(noise.chain is not None)
+        loss_c, q = critic_losses(self.critic, self.critic_target, self.actor, batch, noise)
         minimise(self.critic_opt, loss_c.sum())
         with torch.no_grad():
             torch._foreach_lerp_(list(self.critic_target.values()), list(self.critic.values()), self.config.tau)
-        loss_a, g = self.actor_losses(self.actor, self.critic, batch, noise)
+        loss_a, g = actor_losses(self.actor, self.critic, batch, noise)
         minimise(self.actor_opt, loss_a.sum())
         self.actor_sched.step()
         self.n_updates += 1
