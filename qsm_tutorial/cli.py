@@ -95,7 +95,7 @@ def build_parser(algo: str, env_id: str | None = None, preset: str | None = None
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--preset", choices=PRESETS, help="named config: paper (the paper's), bandit or control "
                      "(this package's deviations, documented with each algorithm's PRESETS; default: bandit for bandit/ envs, control otherwise)")  # fmt: skip
-    run.add_argument("--threads", type=count_argument, help="torch CPU threads; 1 is fastest for small networks on a busy machine (default: torch's)")
+    run.add_argument("--threads", type=count_argument, help="torch CPU threads, recorded in config.json and kept on --resume; 1 is fastest for small networks on a busy machine (default: torch's)")
     add_config_arguments(parser, loop, "loop" + (f" (values shown: {source})" if saved else ""))
     add_config_arguments(parser, config, f"{algo} config (values shown: {source})")
     return parser
@@ -154,7 +154,7 @@ def parse_cli(argv: list[str] | None = None) -> dict:
             raise RunDirError(f"nothing to resume in {known.run_dir}: it has no config.json; "
                               "pass --env (and --algo) to start a new run there")  # fmt: skip
         raise RunDirError("--env is required (or --run-dir with --resume)")
-    threads = args.pop("threads")
+    threads = args.pop("threads") or (saved or {}).get("threads")  # a resumed run keeps its thread count
     if threads is not None:
         torch.set_num_threads(threads)
     seeds = args.pop("seeds")

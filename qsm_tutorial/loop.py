@@ -321,6 +321,7 @@ def _run_record(algo, env_id, seed, total_steps, loop, config, obs_dim, act_dim,
         "obs_dim": obs_dim,
         "act_dim": act_dim,
         "device": str(device),
+        "threads": torch.get_num_threads(),  # results depend on it (summation order); --resume restores it
         "loop": dataclasses.asdict(loop),
         "agent": dataclasses.asdict(config),
         "protocol": {

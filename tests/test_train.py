@@ -261,7 +261,13 @@ def test_cli_trains_and_resume_takes_the_saved_config(tmp_path, capsys):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["agent"]["actor_hidden"] == [16, 16] and config["loop"]["log_every"] == 50
     assert config["protocol"]["evaluation"].startswith("at step 0")
-    assert main(["--run-dir", str(run_dir), "--resume", "--total-steps", "150", "--no-progress"]) == 0
+    assert config["threads"] == 1
+    torch.set_num_threads(2)  # the shell's default differs from what the run chose
+    try:
+        assert main(["--run-dir", str(run_dir), "--resume", "--total-steps", "150", "--no-progress"]) == 0
+        assert torch.get_num_threads() == 1  # --resume took the saved thread count (a result depends on it)
+    finally:
+        torch.set_num_threads(1)
     assert "sac on InvertedPendulum-v5, seed 0: 150 steps" in capsys.readouterr().out
 
 
