@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+import torch
 
 from . import algos
 from .storage import (
@@ -27,6 +28,7 @@ from .storage import (
     CONFIG_FILE,
     METRICS_FILE,
     TIMING_FILE,
+    atomic_write,
     load_checkpoint,
     parse_cell,
     read_csv,
@@ -36,7 +38,7 @@ from .storage import (
 __all__ = [
     "CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "TIMING_FILE", "Band", "RunResult", "columns_of",
     "curves_from_csv", "curves_from_runs", "group_runs", "load_agent", "load_run", "load_runs", "parse_cell",
-    "read_csv", "seed_band",
+    "read_csv", "seed_band", "available_pretrained", "export_pretrained", "load_pretrained",
 ]  # fmt: skip
 
 
@@ -188,4 +190,66 @@ def load_agent(run_dir: str | Path):
     agent_cls, config_cls = algos.get(config["algo"])
     agent = agent_cls(config["obs_dim"], config["act_dim"], config_cls(**saved_fields(config["agent"], config_cls)))
     agent.load_state_dict(load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)["agent"])
+    return agent
+
+
+# ----------------------------------------------------------------------------------------------
+# Trained policies shipped with the package: qsm_tutorial/pretrained/<env>/<label>/
+# ----------------------------------------------------------------------------------------------
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+POLICY_FILE, MANIFEST_FILE = "policy.pt", "manifest.json"
+
+
+def acting_modules(agent) -> list[str]:
+    """The networks an agent needs to act: the policy, and QSM's critics when it picks the best of
+    several samples (``action_candidates`` > 1). Training-only state is left out."""
+    needs_critic = getattr(agent.config, "action_candidates", 1) > 1
+    return ["actor", "critic"] if needs_critic else ["actor"]
+
+
+def export_pretrained(run_dir: str | Path, name: str, command: str, commit: str, root: str | Path = PRETRAINED_DIR) -> Path:
+    """Write a run's final policy as ``<root>/<name>/policy.pt`` (weights only: loads with
+    ``torch.load(weights_only=True)``) beside a ``manifest.json`` (algo, env, config, command,
+    commit, steps, the last evaluation). Returns the folder."""
+    run = load_run(run_dir)
+    agent = load_agent(run_dir)
+    modules = acting_modules(agent)
+    out = Path(root) / name
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {m: {k: v.detach().cpu().clone() for k, v in getattr(agent, m).state_dict().items()} for m in modules}
+    atomic_write(out / POLICY_FILE, lambda f: torch.save(weights, f))
+    evals = run.events("eval")
+    manifest = {
+        "name": name, "algo": run.algo, "env_id": run.env_id, "seed": run.seed, "modules": modules,
+        "obs_dim": run.config["obs_dim"], "act_dim": run.config["act_dim"], "agent": run.config["agent"],
+        "steps": int(evals["step"][-1]), "eval_return": float(evals["eval_return"][-1]),
+        "eval_episodes": run.config["loop"]["eval_episodes"], "eval_protocol": run.config["protocol"]["evaluation"],
+        "command": command, "commit": commit,
+    }  # fmt: skip
+    atomic_write(out / MANIFEST_FILE, lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
+    return out
+
+
+def available_pretrained(root: str | Path = PRETRAINED_DIR) -> list[str]:
+    """The names of the shipped policies, such as ``dmc/cartpole-swingup/qsm``."""
+    root = Path(root)
+    return sorted(str(p.parent.relative_to(root)) for p in root.glob(f"**/{MANIFEST_FILE}"))
+
+
+def load_pretrained(name: str, root: str | Path = PRETRAINED_DIR, device: str = "cpu"):
+    """A shipped policy as a ready agent (``agent.act(obs, deterministic=True)``), and its manifest
+    as ``agent.manifest``. Only the acting networks are loaded: the agent is not for training on."""
+    folder = Path(root) / name
+    if not (folder / MANIFEST_FILE).is_file():
+        raise KeyError(f"no pretrained policy {name!r}; available: {', '.join(available_pretrained(root)) or 'none'}")
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    agent_cls, config_cls = algos.get(manifest["algo"])
+    fields = {**saved_fields(manifest["agent"], config_cls), "device": device}
+    if "compile" in fields:
+        fields["compile"] = "off"
+    agent = agent_cls(manifest["obs_dim"], manifest["act_dim"], config_cls(**fields))
+    weights = torch.load(folder / POLICY_FILE, map_location=device, weights_only=True)
+    for module in manifest["modules"]:
+        getattr(agent, module).load_state_dict(weights[module])
+    agent.manifest = manifest
     return agent
