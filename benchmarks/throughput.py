@@ -1,43 +1,37 @@
-"""Throughput on this machine: the compute bound, the QSM update (fast and reference paths) beside
-SAC and TD3, the whole training loop, several seeds in one process, and memory.
+"""Throughput on this machine: the compute bound, the QSM update (compiled and eager) beside SAC and
+TD3, the whole training loop, several seeds as one batched model, and memory.
 
     python benchmarks/throughput.py                 # full run, writes benchmarks/results/throughput_<device>[_<simd>].json
-    python benchmarks/throughput.py --quick         # CI size (about two minutes on 2 busy cores)
+    python benchmarks/throughput.py --quick         # CI size
     python benchmarks/throughput.py --json          # the same, one JSON object on stdout
 
-Protocol. One process, ``--threads`` torch threads (default 1: on a 2-core machine shared with
-other jobs a second OpenMP thread waits on descheduled peers and makes every op slower). Every
-figure is a median over ``--reps`` repeated measurements, and measurements that are compared with
-each other are *interleaved* (A, B, C, A, B, C, ...), so a change of machine load hits all of them
-alike; the load average is recorded next to each section. Both wall-clock and process CPU time
-are kept: wall clock is what a run gets on this machine now, CPU time is closer to what it would
-get on an idle one. Update timings use a fixed minibatch of cheetah-run sizes (|S| = 17, |A| = 6).
+Protocol. One process, ``--threads`` torch threads (default 1: on a 2-core machine shared with other
+jobs a second OpenMP thread waits on descheduled peers). Every figure is a median over ``--reps``
+repetitions, and figures that are compared are measured *interleaved* (A, B, C, A, B, C, ...), so
+a change of machine load hits all of them alike. Wall clock and process CPU time are both kept;
+the load average and the share of CPU time stolen by other VMs are recorded per section. Updates
+use a fixed minibatch of cheetah-run sizes (|S| = 17, |A| = 6, batch 256).
 
-- gemm: the compute bound. The matrix multiplies of one reference QSM update at the paper's sizes
-  (batch 256, 512×512 networks, T = 5), listed from the layer shapes (forward and backward: every
-  layer's input- and weight-gradient product that autograd needs), are timed back to back, the
-  products of one shape on the same operands (cache-hot: the best this machine does at these
-  shapes); their FLOPs over that time is ``gemm_gflops``, and one update per that time is the
-  bound. Also given: the same list on distinct, cache-cold operands (slower when other jobs fill
-  the shared L3 cache), and square 512² and 1024² products for scale.
-- updates/s: QSM (512×512, T = 5) on the fast path, the fast path compiled (``compile=True``; its
-  first update, which compiles, is timed separately with an empty Inductor cache: ``qsm_compile_s``)
-  and on the reference path (``fast=False``), SAC
-  and TD3 at the paper's 256×256, and SAC at 512×512 for a same-width comparison.
-- loop: ``qsm_tutorial.train`` on dmc/cheetah-run at the paper's sizes after a short warm-up; env
-  steps/s from the loop's own timing windows (evaluation excluded). Runs alternate with
-  measurements of the fast update alone; each run is compared with the update-alone rates just
-  before and just after it, and the median ratio is reported.
-- multiseed: one stacked update of S = 4 seeds against S = 1 (``multiseed.StackedQSM``) at the
-  paper's sizes and at 64×64; and the whole lockstep loop (``train_seeds``) for 4 seeds against 1
-  at 64×64. ``multiseed_speedup`` = 4 × time(1 seed) / time(4 seeds in one process); ≥ 2 means four
-  seeds take at most twice the wall time of one.
+- updates: the compute bound is the matrix multiplies of one QSM update at the paper's sizes
+  (512×512, T = 5), listed from the layer shapes (``qsm_update_gemms``: forward and every product
+  autograd needs) and timed back to back, the products of one shape on the same operands
+  (cache-hot): ``gemm_gflops``, and one update per that time is ``compute_bound_update_per_s``.
+  QSM runs compiled (``compile="on"``, the default path of long runs: ``qsm_update_per_s``; its
+  first update, which compiles, is timed with an empty Inductor cache: ``qsm_compile_s``) and eager
+  (``compile="off"``: ``qsm_update_per_s_eager``); SAC and TD3 at the paper's 256×256, and SAC at
+  512×512 for a same-width comparison.
+- loop: ``qsm_tutorial.train`` on dmc/cheetah-run (paper preset, the same compile setting) after
+  a warm-up; env steps/s from the loop's own timing windows, the first after the warm-up (which
+  compiles) left out. Runs alternate with measurements of the update alone; each run is compared
+  with the update-alone rates just before and after it, and the median ratio is reported.
+- multiseed: ``QSMSeeds`` of 4 agents (one vmapped update) against one ``QSMAgent``, eager, at
+  512×512 and 64×64: speed-up = 4 × time(one agent's update) / time(4 seeds' update); ≥ 2 means
+  four seeds take at most twice the time of one. Full runs also compare both compiled at 64×64.
 - memory: bytes of a 1M-transition cheetah-run replay buffer, and the RSS of a fresh process
-  sampled every 0.25 s while ``train`` runs ``--memory-steps`` env steps (32×32 networks, batch 64,
-  a buffer of a quarter of the steps, so that it is full, all its pages resident, from the first
-  quarter on): from then on nothing should grow.
-- GPU: where CUDA is present (``--device auto``), the updates and multiseed sections run again on it
-  (``updates_cuda``, ``multiseed_cuda`` in the JSON, a second table below the CPU's).
+  sampled every 0.25 s while ``train`` runs ``--memory-steps`` env steps (32×32 networks, a buffer
+  of a quarter of the steps, full from the first quarter on): from then on nothing should grow.
+- ``--device auto`` on a machine with CUDA runs the updates and multiseed sections there too
+  (``updates_cuda``, ``multiseed_cuda``: a second table).
 """
 
 from __future__ import annotations
@@ -59,14 +53,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from qsm_tutorial.algos import fast  # noqa: E402
 from qsm_tutorial.algos.common import count_argument, resolve_device  # noqa: E402
-from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig  # noqa: E402
+from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig, draw_update_noise, missing_compiler  # noqa: E402
 from qsm_tutorial.algos.sac import SACAgent, SACConfig  # noqa: E402
+from qsm_tutorial.algos.seeds import QSMSeeds  # noqa: E402
 from qsm_tutorial.algos.td3 import TD3Agent, TD3Config  # noqa: E402
 from qsm_tutorial.replay import Batch, ReplayBuffer  # noqa: E402
 
 OBS, ACT, BATCH = 17, 6, 256  # dmc/cheetah-run; the paper's batch
+torch._dynamo.config.recompile_limit = 64  # every agent is compiled afresh; never fall back to eager silently
 
 
 def log(*args) -> None:
@@ -88,19 +83,13 @@ def cpu_jiffies() -> tuple[int, int] | None:
     return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
 
 
-def steal_percent(before: tuple[int, int] | None) -> float | None:
-    """Share of the machine's CPU time stolen since ``before`` (``cpu_jiffies``), in %."""
-    after = cpu_jiffies()
-    if before is None or after is None or after[1] == before[1]:
-        return None
-    return round(100.0 * (after[0] - before[0]) / (after[1] - before[1]), 2)
-
-
 def with_steal(section, *args, **kwargs) -> dict:
-    """``section(*args, **kwargs)``'s results, with the share of CPU time stolen while it ran."""
+    """``section(*args, **kwargs)``'s results, with the share (%) of CPU time stolen while it ran."""
     before = cpu_jiffies()
     out = section(*args, **kwargs)
-    out["steal_percent"] = steal_percent(before)
+    after = cpu_jiffies()
+    ok = before is not None and after is not None and after[1] > before[1]
+    out["steal_percent"] = round(100.0 * (after[0] - before[0]) / (after[1] - before[1]), 2) if ok else None
     return out
 
 
@@ -118,69 +107,31 @@ def cpu_name() -> str:
 # ----------------------------------------------------------------------------------------------
 # FLOPs of one QSM update, from the layer shapes
 # ----------------------------------------------------------------------------------------------
-def _linear(rows: int, n_in: int, n_out: int, forward=True, input_grad=False, weight_grad=False) -> list[tuple[int, int, int]]:
-    """The (M, K, N) products of one linear layer on ``rows`` rows."""
-    g = [(rows, n_in, n_out)] if forward else []
-    if input_grad:
-        g.append((rows, n_out, n_in))
-    if weight_grad:
-        g.append((n_out, rows, n_in))
-    return g
+def _linear(rows: int, n_in: int, n_out: int, input_grad=False, weight_grad=False) -> list[tuple[int, int, int]]:
+    """The (M, K, N) products of one linear layer on ``rows`` rows: forward, and its gradients."""
+    return [(rows, n_in, n_out)] + [(rows, n_out, n_in)] * input_grad + [(n_out, rows, n_in)] * weight_grad
 
 
 def qsm_update_gemms(B=BATCH, O=OBS, A=ACT, actor_hidden=(512, 512), critic_hidden=(512, 512), T=5,
-                     time_hidden=128, n_freq=32, fast_path=False) -> list[tuple[int, int, int]]:  # fmt: skip
-    """Every matrix multiply of one QSM update (reference path unless ``fast_path``); the count is
-    pinned against the products an update really runs by ``tests/test_benchmarks.py``."""
-    time_layers = [(2 * n_freq, time_hidden), (time_hidden, time_hidden)]
-    net = list(zip([A + O + time_hidden, *actor_hidden], [*actor_hidden, A]))
+                     time_hidden=128, n_freq=32) -> list[tuple[int, int, int]]:  # fmt: skip
+    """Every matrix multiply of one QSM update; ``tests/test_benchmarks.py`` pins the count against
+    the products an update really runs."""
+    denoiser = [(2 * n_freq, time_hidden), (time_hidden, time_hidden)]  # time MLP (W is learnt: it takes an input gradient)
+    denoiser += list(zip([A + O + time_hidden, *actor_hidden], [*actor_hidden, A]))
     critic = list(zip([O + A, *critic_hidden], [*critic_hidden, 1]))
-    # The fast path (algos/fast.py) runs the time MLP on the T step values (padded to 8 rows), which
-    # enter the first layer as a per-step bias; a one-output layer's input gradient is elementwise.
-    rows = -(-T // 8) * 8
-    time_bias = [*time_layers, (time_hidden, actor_hidden[0])]
     g: list[tuple[int, int, int]] = []
-    # 1. TD target: a' from T denoiser passes at s' (no grad), then both target critics.
-    if fast_path:  # the step biases and the observation's part of layer 1 once, then the action columns
-        for i, o in time_bias:
-            g += _linear(rows, i, o)
-        g += _linear(B, O, actor_hidden[0])
-        for _ in range(T):
-            g += _linear(B, A, actor_hidden[0])
-            for i, o in net[1:]:
-                g += _linear(B, i, o)
-    else:
-        for _ in range(T):
-            for i, o in time_layers + net:
-                g += _linear(B, i, o)
-    for _ in range(2):
-        for i, o in critic:
-            g += _linear(B, i, o)
-    # 2. critic step: both critics forward and backward (no gradient into the input data).
-    last = len(critic) - 1 if fast_path else len(critic)
-    for _ in range(2):
-        for layer, (i, o) in enumerate(critic):
-            g += _linear(B, i, o, input_grad=0 < layer < last, weight_grad=True)
-    # 3. grad_a Q at the noised actions: forward, and backward to the input only (by hand on the
-    #    fast path: the hidden layers forward, then the masked weights multiplied back down).
-    for _ in range(2):
-        for i, o in critic[:-1] if fast_path else critic:
-            g += _linear(B, i, o, input_grad=True)
-    # 4. actor step: the denoiser forward and backward (the time features take gradients too).
-    if fast_path:  # step biases, one-hot row selection, the [a, s] columns of layer 1, the rest
-        for i, o in time_bias:
-            g += _linear(rows, i, o, input_grad=True, weight_grad=True)
-        g += _linear(B, T, actor_hidden[0], weight_grad=True)  # backward: the step biases' gradient
-        g += _linear(B, A + O, actor_hidden[0], weight_grad=True)
-        for i, o in net[1:]:
-            g += _linear(B, i, o, input_grad=True, weight_grad=True)
-    else:
-        for i, o in time_layers + net:
-            g += _linear(B, i, o, input_grad=True, weight_grad=True)
+    for _ in range(T):  # 1. TD target: a' from T denoiser passes at s' (no grad) ...
+        g += [m for i, o in denoiser for m in _linear(B, i, o)]
+    for _ in range(2):  # ... both target critics; 2. both critics forward and backward (inputs are data) ...
+        g += [m for i, o in critic for m in _linear(B, i, o)]
+        g += [m for n, (i, o) in enumerate(critic) for m in _linear(B, i, o, input_grad=n > 0, weight_grad=True)]
+        g += [m for i, o in critic for m in _linear(B, i, o, input_grad=True)]  # 3. grad_a Q at a_t: to the input only
+    for i, o in denoiser:  # 4. actor step: the denoiser forward and backward
+        g += _linear(B, i, o, input_grad=True, weight_grad=True)
     return g
 
 
-def flops(gemms: list[tuple[int, int, int]]) -> int:
+def flops(gemms) -> int:
     return sum(2 * m * k * n for m, k, n in gemms)
 
 
@@ -211,8 +162,8 @@ def interleaved(contestants: dict[str, tuple], reps: int, sync) -> dict[str, dic
     return {k: {"wall": statistics.median(walls[k]), "cpu": statistics.median(cpus[k]), "walls": walls[k]} for k in contestants}
 
 
-def fixed_batch(device, B=BATCH, O=OBS, A=ACT) -> Batch:
-    g = torch.Generator().manual_seed(0)
+def fixed_batch(device, B=BATCH, O=OBS, A=ACT, seed=0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
     return Batch(
         torch.randn(B, O, generator=g).to(device), (torch.rand(B, A, generator=g) * 2 - 1).to(device),
         torch.rand(B, generator=g).to(device), torch.randn(B, O, generator=g).to(device), torch.ones(B, device=device),
@@ -233,114 +184,105 @@ def gemm_runner(gemms, device, warm: bool):
     return lambda: [torch.mm(a, b) for a, b, c in mats for _ in range(c)]
 
 
-# ----------------------------------------------------------------------------------------------
-# Sections
-# ----------------------------------------------------------------------------------------------
-def section_updates(device, reps: int, n: int) -> dict:
-    """(a) the compute bound and (b) updates/s, all interleaved."""
-    sync = make_sync(device)
-    torch.manual_seed(0)
-    batch = fixed_batch(device)
-    ref_gemms, fast_gemms = qsm_update_gemms(), qsm_update_gemms(fast_path=True)
-    agents = {
-        "qsm_fast": QSMAgent(OBS, ACT, QSMConfig(device=str(device), fast=True)),
-        "qsm_reference": QSMAgent(OBS, ACT, QSMConfig(device=str(device), fast=False)),
-        "sac": SACAgent(OBS, ACT, SACConfig(device=str(device))),
-        "td3": TD3Agent(OBS, ACT, TD3Config(device=str(device))),
-        "sac_512": SACAgent(OBS, ACT, SACConfig(device=str(device), actor_hidden=(512, 512), critic_hidden=(512, 512))),
-    }
-    # compile=True: the first update compiles; timed with an empty Inductor cache, as on a fresh machine
-    agents["qsm_compiled"] = QSMAgent(OBS, ACT, QSMConfig(device=str(device), fast=True, compile=True))
+def first_update_s(update, sync) -> float:
+    """Seconds of ``update()`` (a compiled agent's first: it compiles) with an empty Inductor cache."""
     user_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory() as cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         start = time.perf_counter()
-        agents["qsm_compiled"].update(batch)
+        update()
         sync()
-        compile_s = time.perf_counter() - start
+        seconds = time.perf_counter() - start
     if user_cache is None:
         del os.environ["TORCHINDUCTOR_CACHE_DIR"]
     else:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = user_cache
-    sq = {s: (torch.randn(s, s, device=device), torch.randn(s, s, device=device)) for s in (512, 1024)}
-    contestants = {
-        "gemm_update_shapes": (gemm_runner(ref_gemms, device, warm=True), 1),
-        "gemm_update_shapes_cold": (gemm_runner(ref_gemms, device, warm=False), 1),
-        "gemm_512": (lambda: torch.mm(*sq[512]), 10),
-        "gemm_1024": (lambda: torch.mm(*sq[1024]), 2),
-        **{name: ((lambda a=a: a.update(batch)), n if not name.startswith("qsm") else max(1, n // 2)) for name, a in agents.items()},
+    return seconds
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------
+def section_updates(device, reps: int, n: int, compiled: bool) -> dict:
+    """The compute bound and updates/s, interleaved."""
+    sync = make_sync(device)
+    torch.manual_seed(0)
+    batch, gemms, dev = fixed_batch(device), qsm_update_gemms(), str(device)
+    agents = {
+        "qsm_eager": QSMAgent(OBS, ACT, QSMConfig(device=dev, compile="off")),
+        "sac": SACAgent(OBS, ACT, SACConfig(device=dev)),
+        "td3": TD3Agent(OBS, ACT, TD3Config(device=dev)),
+        "sac_512": SACAgent(OBS, ACT, SACConfig(device=dev, actor_hidden=(512, 512), critic_hidden=(512, 512))),
     }
-    before = load()
+    out: dict = {"load_before": load(), "qsm_compile_s": None}
+    if compiled:
+        agents["qsm_compiled"] = QSMAgent(OBS, ACT, QSMConfig(device=dev, compile="on"))
+        out["qsm_compile_s"] = first_update_s(lambda: agents["qsm_compiled"].update(batch), sync)
+    contestants = {
+        "gemm_update_shapes": (gemm_runner(gemms, device, warm=True), 1),
+        "gemm_update_shapes_cold": (gemm_runner(gemms, device, warm=False), 1),
+        **{name: ((lambda a=a: a.update(batch)), max(1, n // 2) if name.startswith("qsm") else n) for name, a in agents.items()},
+    }
     t = interleaved(contestants, reps, sync)
     per_s = {k: 1.0 / v["wall"] for k, v in t.items()}
     per_s_cpu = {k: 1.0 / v["cpu"] for k, v in t.items()}
-    ref_flop, fast_flop = flops(ref_gemms), flops(fast_gemms)
-    gemm_gflops = ref_flop / t["gemm_update_shapes"]["wall"] / 1e9
-    out = {
-        "load_before": before,
+    default = "qsm_compiled" if compiled else None
+    out.update({
         "load_after": load(),
-        "qsm_gflop_per_update": ref_flop / 1e9,
-        "qsm_gflop_per_update_fast_path": fast_flop / 1e9,
-        "gemm_gflops": gemm_gflops,
-        "gemm_gflops_cpu_time": ref_flop / t["gemm_update_shapes"]["cpu"] / 1e9,
-        "gemm_gflops_cold_operands": ref_flop / t["gemm_update_shapes_cold"]["wall"] / 1e9,
-        "gemm_gflops_cold_operands_cpu_time": ref_flop / t["gemm_update_shapes_cold"]["cpu"] / 1e9,
-        "gemm_gflops_512": 2 * 512**3 / t["gemm_512"]["wall"] / 1e9,
-        "gemm_gflops_1024": 2 * 1024**3 / t["gemm_1024"]["wall"] / 1e9,
+        "qsm_gflop_per_update": flops(gemms) / 1e9,
+        "gemm_gflops": flops(gemms) / t["gemm_update_shapes"]["wall"] / 1e9,
+        "gemm_gflops_cpu_time": flops(gemms) / t["gemm_update_shapes"]["cpu"] / 1e9,
+        "gemm_gflops_cold_operands": flops(gemms) / t["gemm_update_shapes_cold"]["wall"] / 1e9,
         "compute_bound_update_per_s": per_s["gemm_update_shapes"],
         "compute_bound_update_per_s_cpu_time": per_s_cpu["gemm_update_shapes"],
-        "qsm_update_per_s": per_s["qsm_fast"],
-        "qsm_update_per_s_reference": per_s["qsm_reference"],
-        "qsm_update_per_s_compiled": per_s["qsm_compiled"],
-        "qsm_compile_s": compile_s,
+        "qsm_update_per_s": per_s.get(default),
+        "qsm_update_per_s_eager": per_s["qsm_eager"],
         "sac_update_per_s": per_s["sac"],
         "td3_update_per_s": per_s["td3"],
         "sac_512_update_per_s": per_s["sac_512"],
         "cpu_time_update_per_s": {k: per_s_cpu[k] for k in agents},
         "wall_s_all": {k: v["walls"] for k, v in t.items()},
-    }
-    out["ratio_fast_over_reference"] = out["qsm_update_per_s"] / out["qsm_update_per_s_reference"]
-    out["ratio_fast_over_reference_cpu_time"] = per_s_cpu["qsm_fast"] / per_s_cpu["qsm_reference"]
-    out["ratio_fast_over_compute_bound"] = out["qsm_update_per_s"] / out["compute_bound_update_per_s"]
-    out["ratio_compiled_over_reference"] = per_s["qsm_compiled"] / per_s["qsm_reference"]
-    out["ratio_compiled_over_compute_bound"] = per_s["qsm_compiled"] / per_s["gemm_update_shapes"]
-    out["ratio_fast_over_compute_bound_cpu_time"] = per_s_cpu["qsm_fast"] / per_s_cpu["gemm_update_shapes"]
-    out["ratio_fast_over_cold_operand_bound"] = per_s["qsm_fast"] / per_s["gemm_update_shapes_cold"]
-    out["ratio_reference_over_compute_bound"] = per_s["qsm_reference"] / per_s["gemm_update_shapes"]
-    out["ratio_qsm_time_over_sac_512_time"] = per_s["sac_512"] / per_s["qsm_fast"]
-    out["ratio_qsm_time_over_sac_256_time"] = per_s["sac"] / per_s["qsm_fast"]
-    out["ratio_qsm_reference_time_over_sac_512_time"] = per_s["sac_512"] / per_s["qsm_reference"]
+        "ratio_eager_over_compute_bound": per_s["qsm_eager"] / per_s["gemm_update_shapes"],
+        "ratio_qsm_eager_time_over_sac_512_time": per_s["sac_512"] / per_s["qsm_eager"],
+    })  # fmt: skip
+    if compiled:
+        out.update({
+            "ratio_default_over_eager": per_s[default] / per_s["qsm_eager"],
+            "ratio_default_over_eager_cpu_time": per_s_cpu[default] / per_s_cpu["qsm_eager"],
+            "ratio_default_over_compute_bound": per_s[default] / per_s["gemm_update_shapes"],
+            "ratio_default_over_compute_bound_cpu_time": per_s_cpu[default] / per_s_cpu["gemm_update_shapes"],
+            "ratio_default_over_cold_operand_bound": per_s[default] / per_s["gemm_update_shapes_cold"],
+            "ratio_qsm_time_over_sac_512_time": per_s["sac_512"] / per_s[default],
+        })  # fmt: skip
     return out
 
 
-def section_loop(device, rounds: int, warmup: int, log_every: int, windows: int) -> dict:
-    """(c) env steps/s of train() on dmc/cheetah-run against the update alone, alternated:
-    update alone, a train() run, update alone, a train() run, ... (``rounds`` runs); each run's
-    loop rate is compared with the mean of the update-alone rates measured just before and after.
-    This VM's speed drifts within seconds (per-round ratios 0.74-1.08 in one run with three rounds,
-    each update-alone sample 9 updates), so each sample is 24 updates and full runs take five rounds."""
+def section_loop(device, rounds: int, warmup: int, log_every: int, windows: int, compiled: bool) -> dict:
+    """Env steps/s of ``qsm_tutorial.train`` on dmc/cheetah-run against the update alone, alternated:
+    update alone, a run, update alone, a run, ... (``rounds`` runs); each run's loop rate is compared
+    with the mean of the update-alone rates just before and after. This VM's speed drifts within
+    seconds, so each update-alone sample is 24 updates and full runs take five rounds."""
     import qsm_tutorial
 
-    sync = make_sync(device)
-    batch = fixed_batch(device)
-    agent = QSMAgent(OBS, ACT, QSMConfig(device=str(device)))
+    sync, batch, setting = make_sync(device), fixed_batch(device), "on" if compiled else "off"
+    agent = QSMAgent(OBS, ACT, QSMConfig(device=str(device), compile=setting))
     alone = lambda: 1.0 / interleaved({"update": (lambda: agent.update(batch), 3)}, 8, sync)["update"]["wall"]  # noqa: E731
     before_load = load()
-    total = warmup + log_every * (windows + 1)
-    update_rates, loop_rates, all_windows, ratios = [alone()], [], [], []
+    update_rates, all_windows, ratios = [alone()], [], []
     for r in range(rounds):
-        run = qsm_tutorial.train("dmc/cheetah-run", "qsm", total_steps=total, seed=r, progress=False, device=str(device), preset="paper",
-                                 warmup_steps=warmup, eval_every=10**9, eval_episodes=1, log_every=log_every)  # fmt: skip
-        # whole windows of training steps; the first one after the warm-up is left out (start-up)
+        run = qsm_tutorial.train("dmc/cheetah-run", "qsm", total_steps=warmup + log_every * (windows + 1), seed=r, progress=False,
+                                 device=str(device), preset="paper", compile=setting, warmup_steps=warmup, eval_every=10**9,
+                                 eval_episodes=1, log_every=log_every)  # fmt: skip
+        # whole windows of training steps; the first one after the warm-up (start-up, compilation) is left out
         w = [row["steps_per_s"] for row in run.timing if row["step"] > warmup + log_every]
         all_windows += w
-        loop_rates.append(statistics.median(w))
         update_rates.append(alone())
-        ratios.append(loop_rates[-1] / ((update_rates[-2] + update_rates[-1]) / 2))
+        ratios.append(statistics.median(w) / ((update_rates[-2] + update_rates[-1]) / 2))
     return {
         "load_before": before_load,
         "load_after": load(),
         "env": "dmc/cheetah-run",
+        "compile": setting,
         "warmup_steps": warmup,
         "rounds": rounds,
         "measured_steps": log_every * len(all_windows),
@@ -353,40 +295,26 @@ def section_loop(device, rounds: int, warmup: int, log_every: int, windows: int)
     }
 
 
-def section_multiseed(device, reps: int, loop_steps: int) -> dict:
-    """(d) S = 4 seeds stacked against S = 1: one update, and the whole lockstep loop."""
-    from qsm_tutorial.multiseed import StackedQSM, train_seeds
-
+def section_multiseed(device, reps: int, compiled_64: bool) -> dict:
+    """4 seeds as one ``QSMSeeds`` update against one ``QSMAgent`` update, interleaved."""
     sync = make_sync(device)
-    out: dict = {"load_before": load()}
-    for label, hidden in (("paper_512", (512, 512)), ("small_64", (64, 64))):
-        cfg = QSMConfig(device=str(device), actor_hidden=hidden, critic_hidden=hidden)
-        stacks, args = {}, {}
-        for S in (1, 4):
-            torch.manual_seed(0)
-            stacks[S] = StackedQSM([QSMAgent(OBS, ACT, cfg) for _ in range(S)])
-            batches = [fixed_batch(device) for _ in range(S)]
-            args[S] = (batches, [fast.draw_td_noise(cfg, b, ACT) for b in batches],
-                       [fast.draw_actor_noise(cfg, BATCH, ACT, device) for _ in range(S)])  # fmt: skip
+    out: dict = {"load_before": load(), "path": "eager"}
+    cases = [("paper_512", (512, 512), "off"), ("small_64", (64, 64), "off")] + [("small_64_compiled", (64, 64), "on")] * compiled_64
+    for label, hidden, setting in cases:
+        cfg = QSMConfig(device=str(device), actor_hidden=hidden, critic_hidden=hidden, compile=setting)
+        torch.manual_seed(0)
+        one, seeds = QSMAgent(OBS, ACT, cfg), QSMSeeds([QSMAgent(OBS, ACT, cfg) for _ in range(4)])
+        batches = [fixed_batch(device, seed=k) for k in range(4)]
+        noises = [draw_update_noise(cfg, cfg.T, b) for b in batches]
+        if setting == "on":  # compile both outside the timing (interleaved's warm-up call would, too)
+            out[f"{label}_compile_s"] = {"S1": first_update_s(lambda: one.update(batches[0], noises[0]), sync),
+                                         "S4": first_update_s(lambda: seeds.update(batches, noises), sync)}  # fmt: skip
         n = 1 if label == "paper_512" else 5
-        t = interleaved({f"S{S}": ((lambda S=S: stacks[S].update(*args[S])), n) for S in (1, 4)}, reps, sync)
+        t = interleaved({"S1": (lambda: one.update(batches[0], noises[0]), n), "S4": (lambda: seeds.update(batches, noises), n)}, reps, sync)
         out[f"update_{label}_s_per_update"] = {"S1": t["S1"]["wall"], "S4": t["S4"]["wall"]}
         out[f"update_{label}_speedup"] = 4 * t["S1"]["wall"] / t["S4"]["wall"]
         out[f"update_{label}_speedup_cpu_time"] = 4 * t["S1"]["cpu"] / t["S4"]["cpu"]
-    # The whole loop (act, env step, store, update) at 64x64: 4 seeds against 1, alternated.
-    kw = dict(total_steps=300 + loop_steps, warmup_steps=300, preset="paper", actor_hidden=(64, 64), critic_hidden=(64, 64),
-              eval_every=10**9, eval_episodes=1, log_every=max(1, loop_steps // 5), progress=False, device=str(device))  # fmt: skip
-    rates: dict[int, list[float]] = {1: [], 4: []}
-    for _ in range(2):
-        for S in (1, 4):
-            runs = train_seeds("dmc/cheetah-run", "qsm", seeds=tuple(range(S)), **kw)
-            rates[S] += [r["steps_per_s"] for r in runs[0].timing if r["step"] > 300 + kw["log_every"]]
-    r1, r4 = statistics.median(rates[1]), statistics.median(rates[4])
-    out.update({
-        "loop_small_64_steps_per_s": {"S1": r1, "S4": r4},
-        "loop_small_64_speedup": 4 * r4 / r1,
-        "load_after": load(),
-    })  # fmt: skip
+    out["load_after"] = load()
     return out
 
 
@@ -399,20 +327,17 @@ def _rss_mb() -> float:
 
 
 def section_memory(steps: int, threads: int = 1) -> dict:
-    """(e) replay buffer bytes; RSS over a long training loop with small networks (run it in a
-    fresh process, see ``main``, so that the RSS is the training's own)."""
+    """Replay buffer bytes; RSS over a long training loop with small networks (run it in a fresh
+    process, see ``main``, so that the RSS is the training's own)."""
     import qsm_tutorial
 
     torch.set_num_threads(threads)
-
-    buffer_mb = ReplayBuffer(OBS, ACT, 1_000_000).nbytes / 1e6
-    samples: list[tuple[float, float]] = []
+    samples: list[float] = []
     done = threading.Event()
 
     def sample() -> None:
-        t0 = time.perf_counter()
         while not done.wait(0.25):
-            samples.append((time.perf_counter() - t0, _rss_mb()))
+            samples.append(_rss_mb())
 
     rss_start = _rss_mb()
     thread = threading.Thread(target=sample, daemon=True)
@@ -426,18 +351,16 @@ def section_memory(steps: int, threads: int = 1) -> dict:
     thread.join()
     with open("/proc/self/status") as f:
         peak = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
-    rss = [r for _, r in samples]
-    q = len(rss) // 4
-    quarter_mb = [statistics.mean(rss[i * q : (i + 1) * q]) for i in range(4)] if q else rss
-    growth = quarter_mb[-1] - quarter_mb[1] if len(quarter_mb) == 4 else float("nan")
+    q = len(samples) // 4
+    quarter_mb = [statistics.mean(samples[i * q : (i + 1) * q]) for i in range(4)] if q else samples
     return {
-        "replay_1M_cheetah_mb": buffer_mb,
+        "replay_1M_cheetah_mb": ReplayBuffer(OBS, ACT, 1_000_000).nbytes / 1e6,
         "replay_bytes_per_transition": ReplayBuffer(OBS, ACT, 1).nbytes,
         "loop_steps": steps,
         "loop_wall_s": wall,
         "rss_mb_before_train": rss_start,
         "rss_mb_quarters": quarter_mb,
-        "rss_mb_growth_q2_to_q4": growth,
+        "rss_mb_growth_q2_to_q4": quarter_mb[-1] - quarter_mb[1] if len(quarter_mb) == 4 else float("nan"),
         "replay_capacity": steps // 4,
         "rss_mb_peak_process": peak,
         "episodes": sum(1 for h in run.history if h.get("event") == "episode"),
@@ -450,30 +373,35 @@ def table(res: dict) -> str:
     rows = [
         ("torch threads", f"{res['threads']}", f"{res['cpu']} ({res.get('cpu_capability', '?')} kernels), torch {res['torch']}"),
         ("load average (1/5/15 min)", f"{u['load_before']} → {u['load_after']}", "other jobs share these cores"),
-        ("GEMM GFLOP/s, update's shapes", f"{u['gemm_gflops']:.1f}", f"cpu-time {u['gemm_gflops_cpu_time']:.1f}; cold operands {u['gemm_gflops_cold_operands']:.1f} (cpu {u['gemm_gflops_cold_operands_cpu_time']:.1f}); 512² {u['gemm_gflops_512']:.1f}, 1024² {u['gemm_gflops_1024']:.1f}"),
-        ("QSM update GFLOP (ref / fast path)", f"{u['qsm_gflop_per_update']:.2f} / {u['qsm_gflop_per_update_fast_path']:.2f}", "from the layer shapes"),
-        ("compute bound, updates/s", f"{u['compute_bound_update_per_s']:.1f}", f"cpu-time {u['compute_bound_update_per_s_cpu_time']:.1f}"),
-        ("QSM fast, updates/s", f"{u['qsm_update_per_s']:.1f}", f"cpu-time {u['cpu_time_update_per_s']['qsm_fast']:.1f}"),
-        ("QSM reference, updates/s", f"{u['qsm_update_per_s_reference']:.1f}", f"cpu-time {u['cpu_time_update_per_s']['qsm_reference']:.1f}"),
-        ("SAC 256×256 / TD3 256×256, updates/s", f"{u['sac_update_per_s']:.1f} / {u['td3_update_per_s']:.1f}", ""),
-        ("SAC 512×512, updates/s", f"{u['sac_512_update_per_s']:.1f}", ""),
-        ("fast / reference", f"{u['ratio_fast_over_reference']:.2f}×", f"cpu-time {u['ratio_fast_over_reference_cpu_time']:.2f}× (target ≥ 1.4)"),
-        ("QSM compiled (compile=True), updates/s", f"{u['qsm_update_per_s_compiled']:.1f}",
-         f"{u['ratio_compiled_over_reference']:.2f}× reference, {u['ratio_compiled_over_compute_bound']:.2f} of the bound; compiled in {u['qsm_compile_s']:.0f} s (cold cache)"),
-        ("fast / compute bound", f"{u['ratio_fast_over_compute_bound']:.2f}", f"cpu-time {u['ratio_fast_over_compute_bound_cpu_time']:.2f}; reference {u['ratio_reference_over_compute_bound']:.2f}; vs cold-operand bound {u['ratio_fast_over_cold_operand_bound']:.2f} (target ≥ 0.8)"),
-        ("QSM time / SAC time, 512 wide", f"{u['ratio_qsm_time_over_sac_512_time']:.2f}", f"paper widths (SAC 256): {u['ratio_qsm_time_over_sac_256_time']:.2f} (target ≤ 2.5)"),
+        ("GEMM GFLOP/s, update's shapes", f"{u['gemm_gflops']:.1f}", f"cpu-time {u['gemm_gflops_cpu_time']:.1f}; cold operands {u['gemm_gflops_cold_operands']:.1f}"),
+        ("compute bound, updates/s", f"{u['compute_bound_update_per_s']:.1f}", f"{u['qsm_gflop_per_update']:.2f} GFLOP per update; cpu-time {u['compute_bound_update_per_s_cpu_time']:.1f}"),
+        ("QSM eager (compile=off), updates/s", f"{u['qsm_update_per_s_eager']:.1f}", f"{u['ratio_eager_over_compute_bound']:.2f} of the bound"),
+    ]
+    if u["qsm_update_per_s"] is not None:
+        rows += [
+            ("QSM compiled (compile=on), updates/s", f"{u['qsm_update_per_s']:.1f}", f"the default path of long runs; compiled in {u['qsm_compile_s']:.0f} s (empty cache)"),
+            ("compiled / eager", f"{u['ratio_default_over_eager']:.2f}×", f"cpu-time {u['ratio_default_over_eager_cpu_time']:.2f}× (target ≥ 1.4)"),
+            ("compiled / compute bound", f"{u['ratio_default_over_compute_bound']:.2f}",
+             f"cpu-time {u['ratio_default_over_compute_bound_cpu_time']:.2f}; vs cold-operand bound {u['ratio_default_over_cold_operand_bound']:.2f} (target ≥ 0.85)"),
+        ]  # fmt: skip
+    qsm_vs_sac = u.get("ratio_qsm_time_over_sac_512_time", u["ratio_qsm_eager_time_over_sac_512_time"])
+    rows += [
+        ("SAC 256×256 / TD3 256×256, updates/s", f"{u['sac_update_per_s']:.1f} / {u['td3_update_per_s']:.1f}", f"SAC 512×512 {u['sac_512_update_per_s']:.1f}"),
+        ("QSM time / SAC time, 512 wide", f"{qsm_vs_sac:.2f}", "default path" if u["qsm_update_per_s"] else "eager"),
     ]
     if lp:
         rows += [
-            ("loop env steps/s (cheetah-run)", f"{lp['loop_steps_per_s']:.1f}", f"update alone {lp['update_alone_per_s']:.1f}/s, load {lp['load_before']}"),
+            ("loop env steps/s (cheetah-run)", f"{lp['loop_steps_per_s']:.1f}", f"compile={lp['compile']}; update alone {lp['update_alone_per_s']:.1f}/s"),
             ("loop / update alone", f"{lp['ratio_loop_over_update_alone']:.2f}", f"per round {', '.join(f'{x:.2f}' for x in lp['ratios_per_round'])} (target ≥ 0.85)"),
         ]
     if ms:
         rows += [
-            ("4 seeds stacked: update speed-up, 512", f"{ms['update_paper_512_speedup']:.2f}×", f"cpu-time {ms['update_paper_512_speedup_cpu_time']:.2f}× (≥ 2 = four seeds in ≤ 2× one)"),
-            ("4 seeds stacked: update speed-up, 64", f"{ms['update_small_64_speedup']:.2f}×", f"cpu-time {ms['update_small_64_speedup_cpu_time']:.2f}×"),
-            ("4 seeds: whole loop speed-up, 64", f"{ms['loop_small_64_speedup']:.2f}×", f"1 seed {ms['loop_small_64_steps_per_s']['S1']:.0f}, 4 seeds {ms['loop_small_64_steps_per_s']['S4']:.0f} steps/s"),
+            ("4 seeds as one update: speed-up, 512", f"{ms['update_paper_512_speedup']:.2f}×", f"eager; cpu-time {ms['update_paper_512_speedup_cpu_time']:.2f}× (≥ 2 = four seeds in ≤ 2× one)"),
+            ("4 seeds as one update: speed-up, 64", f"{ms['update_small_64_speedup']:.2f}×", f"eager; cpu-time {ms['update_small_64_speedup_cpu_time']:.2f}× (target ≥ 2)"),
         ]
+        if "update_small_64_compiled_speedup" in ms:
+            c = ms["small_64_compiled_compile_s"]
+            rows.append(("4 seeds, compiled: speed-up, 64", f"{ms['update_small_64_compiled_speedup']:.2f}×", f"compiled in {c['S1']:.0f} s (one) and {c['S4']:.0f} s (four)"))
     if mem:
         rows += [
             ("replay 1M cheetah-run", f"{mem['replay_1M_cheetah_mb']:.0f} MB", f"{mem['replay_bytes_per_transition']} B/transition (target < 250 MB)"),
@@ -499,19 +427,25 @@ def default_result_name(device: torch.device, threads: int) -> str:
     return f"throughput_cpu_{torch.backends.cpu.get_cpu_capability().lower()}{suffix}.json"
 
 
-SECTIONS = {"loop", "multiseed", "memory"}
-"""The sections ``--skip`` can leave out (the update section always runs)."""
+SECTIONS = {"compile", "loop", "multiseed", "memory"}
+"""What ``--skip`` can leave out (the updates section always runs; "compile" leaves out every compiled
+timing, and the loop then runs eagerly)."""
+
+HEADLINE = ("gemm_gflops", "compute_bound_update_per_s", "qsm_update_per_s", "qsm_update_per_s_eager", "qsm_compile_s",
+            "sac_update_per_s", "td3_update_per_s", "loop_steps_per_s", "multiseed_speedup", "multiseed_speedup_64",
+            "ratio_default_over_eager", "ratio_default_over_compute_bound", "ratio_loop_over_update")  # fmt: skip
+"""The figures at the JSON's top level (None where a skipped section would have measured them)."""
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="CI size: fewer repetitions and steps")
+    p.add_argument("--quick", action="store_true", help="CI size: fewer repetitions and steps, no compiled multiseed")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (the table goes to stderr)")
     p.add_argument("--threads", type=count_argument, default=1, help="torch threads (default 1)")
     p.add_argument("--reps", type=int, help="repetitions per measurement (default 7, quick 5; at least 5)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto (adds CUDA sections, updates and stacked seeds, when a GPU is present), cpu or cuda")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto (adds CUDA sections, updates and multiseed, when a GPU is present), cpu or cuda")
     p.add_argument("--memory-steps", type=int, help="env steps of the RSS measurement (default 20000, quick 2000)")
-    p.add_argument("--skip", default="", help="comma-separated sections to skip: loop,multiseed,memory")
+    p.add_argument("--skip", default="", help=f"comma-separated parts to skip: {','.join(sorted(SECTIONS))}")
     p.add_argument("--out", help="write the JSON here (default for full runs: benchmarks/results/throughput_cpu_<simd level>[_<n>threads].json, or throughput_cuda.json)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -526,22 +460,29 @@ def main() -> int:
     devices = [torch.device("cpu")]
     if args.device in ("auto", "cuda") and torch.cuda.is_available():
         devices = [torch.device("cuda")] if args.device == "cuda" else devices + [torch.device("cuda")]
+    dev = devices[0]
+    no_compiler = missing_compiler(dev)
+    if no_compiler and "compile" not in skip:
+        log(f"[throughput] no compiled timings: torch.compile {no_compiler}")
+        skip.add("compile")
+    compiled = "compile" not in skip
     res: dict = {
         "protocol": "medians over interleaved repetitions; see the module docstring",
-        "quick": args.quick, "reps": reps, "threads": args.threads, "torch": torch.__version__,
+        "quick": args.quick, "reps": reps, "threads": args.threads, "skipped": sorted(skip), "torch": torch.__version__,
         "python": platform.python_version(), "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }  # fmt: skip
-    dev = devices[0]
-    log(f"[throughput] updates on {dev}, load {load()}")
-    res["updates"] = with_steal(section_updates, dev, reps, n=2 if args.quick else 4)
-    if "loop" not in skip:
-        log(f"[throughput] training loop, load {load()}")
-        res["loop"] = with_steal(section_loop, dev, rounds=1 if args.quick else 5, warmup=300, log_every=10 if args.quick else 20,
-                                   windows=5 if args.quick else 3)  # fmt: skip
-    if "multiseed" not in skip:
-        log(f"[throughput] multiseed, load {load()}")
-        res["multiseed"] = with_steal(section_multiseed, dev, reps, loop_steps=100 if args.quick else 300)
+    for d in devices:  # a GPU beside the CPU: its updates and stacked seeds (a second table)
+        key = "" if d == dev else f"_{d.type}"
+        log(f"[throughput] updates on {d}, load {load()}")
+        res[f"updates{key}"] = with_steal(section_updates, d, reps, n=4 if d.type == "cpu" else 20, compiled=compiled)
+        if "loop" not in skip and d == dev:
+            log(f"[throughput] training loop, load {load()}")
+            res["loop"] = with_steal(section_loop, dev, rounds=1 if args.quick else 5, warmup=300, log_every=10 if args.quick else 20,
+                                     windows=5 if args.quick else 3, compiled=compiled)  # fmt: skip
+        if "multiseed" not in skip:
+            log(f"[throughput] multiseed on {d}, load {load()}")
+            res[f"multiseed{key}"] = with_steal(section_multiseed, d, reps, compiled_64=compiled and not args.quick)
     if "memory" not in skip:
         log(f"[throughput] memory, load {load()}")
         import multiprocessing
@@ -552,20 +493,15 @@ def main() -> int:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             steps = args.memory_steps or (2000 if args.quick else 20000)
             res["memory"] = with_steal(lambda: pool.submit(section_memory, steps, args.threads).result())
-    for extra in devices[1:]:  # a GPU beside the CPU: its updates and stacked seeds, where stacking pays most
-        log(f"[throughput] updates on {extra}")
-        res[f"updates_{extra.type}"] = with_steal(section_updates, extra, reps, n=20)
-        if "multiseed" not in skip:
-            log(f"[throughput] multiseed on {extra}")
-            res[f"multiseed_{extra.type}"] = with_steal(section_multiseed, extra, reps, loop_steps=100 if args.quick else 300)
-    u = res["updates"]
-    res.update({  # the headline figures at the top level
-        "qsm_update_per_s": u["qsm_update_per_s"], "qsm_update_per_s_reference": u["qsm_update_per_s_reference"],
-        "sac_update_per_s": u["sac_update_per_s"], "td3_update_per_s": u["td3_update_per_s"],
-        "sac_512_update_per_s": u["sac_512_update_per_s"], "gemm_gflops": u["gemm_gflops"],
-        "compute_bound_update_per_s": u["compute_bound_update_per_s"],
-        "loop_steps_per_s": res.get("loop", {}).get("loop_steps_per_s"),
-        "multiseed_speedup": res.get("multiseed", {}).get("update_paper_512_speedup"),
+    u, lp, ms = res["updates"], res.get("loop", {}), res.get("multiseed", {})
+    res.update({k: u.get(k) for k in HEADLINE})  # the headline figures at the top level
+    res.update({
+        "loop_steps_per_s": lp.get("loop_steps_per_s"),
+        "ratio_loop_over_update": lp.get("ratio_loop_over_update_alone"),
+        "multiseed_speedup": ms.get("update_paper_512_speedup"),
+        "multiseed_speedup_64": ms.get("update_small_64_speedup"),
+        "multiseed_speedup_64_compiled": ms.get("update_small_64_compiled_speedup"),
+        "multiseed_path": "eager: QSMSeeds of 4 against one QSMAgent, update only" if ms else None,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     })  # fmt: skip
     text = table(res)

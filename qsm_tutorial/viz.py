@@ -42,6 +42,7 @@ __all__ = [
     "plot_action_samples",
     "plot_gridworld_fields",
     "plot_learning_curves",
+    "plot_action_histograms",
     "plot_policy_improvement",
     "save_figure",
     "figures_dir",
@@ -553,6 +554,37 @@ def plot_learning_curves(
     ax.legend(title=band_text, frameon=False)
     if title:
         ax.set_title(title)
+    return fig
+
+
+def plot_action_histograms(samples: Mapping[str, Mapping[int, Any]], *, xlabel: str = "action", title: str | None = None) -> Figure:
+    """Histograms of 1-D action samples: one row per policy, one column per training step.
+
+    ``samples``: ``{policy label: {env step: actions [N]}}``. Each panel's title gives the shares
+    pushing left (a < −0.05), right (a > 0.05) and sitting at the box's faces (|a| ≥ 0.99), the
+    numbers that say whether a "bimodal" histogram is two choices or samples piled on ±1.
+    """
+    steps = sorted({step for per_step in samples.values() for step in per_step})
+    fig = _figure((2.7 * len(steps), 2.1 * len(samples) + 0.4))
+    axes = _subplots(fig, len(samples), len(steps), sharex=True)
+    colors = {"qsm": POLICY_COLOR, "sac": GAUSSIAN_COLOR, "td3": "tab:green"}
+    for i, (label, per_step) in enumerate(samples.items()):
+        color = colors.get(re.match(r"[a-z0-9]*", label.lower()).group(), f"C{i}")
+        for j, step in enumerate(steps):
+            ax = axes[i, j]
+            if step not in per_step:
+                ax.axis("off")
+                continue
+            a = _np(per_step[step]).reshape(-1)
+            ax.hist(a, bins=np.linspace(-1, 1, 41), color=color)
+            left, right, faces = (a < -0.05).mean(), (a > 0.05).mean(), (np.abs(a) >= 0.99).mean()
+            ax.set_title(f"{label}, {step / 1000:g}k steps\nleft {left:.0%} · right {right:.0%} · at ±1 {faces:.0%}", fontsize=8)
+            ax.set_yticks([])
+            ax.set_xlim(-1.05, 1.05)
+            if i == len(samples) - 1:
+                ax.set_xlabel(xlabel)
+    if title:
+        fig.suptitle(title)
     return fig
 
 
