@@ -27,6 +27,7 @@ use a fixed minibatch of cheetah-run sizes (|S| = 17, |A| = 6, batch 256).
 - multiseed: ``QSMSeeds`` of 4 agents (one vmapped update) against one ``QSMAgent``, eager, at
   512×512 and 64×64: speed-up = 4 × time(one agent's update) / time(4 seeds' update); ≥ 2 means
   four seeds take at most twice the time of one. Full runs also compare both compiled at 64×64.
+  And the whole loop, eager, at 64×64: ``loop.train_seeds`` of 4 seeds against 1 (env steps/s).
 - memory: bytes of a 1M-transition cheetah-run replay buffer, and the RSS of a fresh process
   sampled every 0.25 s while ``train`` runs ``--memory-steps`` env steps (32×32 networks, a buffer
   of a quarter of the steps, full from the first quarter on): from then on nothing should grow.
@@ -295,8 +296,9 @@ def section_loop(device, rounds: int, warmup: int, log_every: int, windows: int,
     }
 
 
-def section_multiseed(device, reps: int, compiled_64: bool) -> dict:
-    """4 seeds as one ``QSMSeeds`` update against one ``QSMAgent`` update, interleaved."""
+def section_multiseed(device, reps: int, compiled_64: bool, loop_steps: int) -> dict:
+    """4 seeds as one ``QSMSeeds`` update against one ``QSMAgent`` update, interleaved; the whole loop
+    of 4 seeds (``train_seeds``) against 1."""
     sync = make_sync(device)
     out: dict = {"load_before": load(), "path": "eager"}
     cases = [("paper_512", (512, 512), "off"), ("small_64", (64, 64), "off")] + [("small_64_compiled", (64, 64), "on")] * compiled_64
@@ -314,7 +316,18 @@ def section_multiseed(device, reps: int, compiled_64: bool) -> dict:
         out[f"update_{label}_s_per_update"] = {"S1": t["S1"]["wall"], "S4": t["S4"]["wall"]}
         out[f"update_{label}_speedup"] = 4 * t["S1"]["wall"] / t["S4"]["wall"]
         out[f"update_{label}_speedup_cpu_time"] = 4 * t["S1"]["cpu"] / t["S4"]["cpu"]
-    out["load_after"] = load()
+    # The whole loop (act, env step, store, update) at 64x64, eager: train_seeds of 4 seeds against 1, alternated.
+    from qsm_tutorial.loop import train_seeds
+
+    kw = dict(total_steps=300 + loop_steps, warmup_steps=300, preset="paper", actor_hidden=(64, 64), critic_hidden=(64, 64), compile="off",
+              eval_every=10**9, eval_episodes=1, log_every=max(1, loop_steps // 5), progress=False, device=str(device))  # fmt: skip
+    rates: dict[int, list[float]] = {1: [], 4: []}
+    for _ in range(2):
+        for S in (1, 4):
+            runs = train_seeds("dmc/cheetah-run", "qsm", seeds=tuple(range(S)), **kw)
+            rates[S] += [r["steps_per_s"] for r in runs[0].timing if r["step"] > 300 + kw["log_every"]]
+    r1, r4 = statistics.median(rates[1]), statistics.median(rates[4])
+    out.update({"loop_small_64_steps_per_s": {"S1": r1, "S4": r4}, "loop_small_64_speedup": 4 * r4 / r1, "load_after": load()})
     return out
 
 
@@ -402,6 +415,8 @@ def table(res: dict) -> str:
         if "update_small_64_compiled_speedup" in ms:
             c = ms["small_64_compiled_compile_s"]
             rows.append(("4 seeds, compiled: speed-up, 64", f"{ms['update_small_64_compiled_speedup']:.2f}×", f"compiled in {c['S1']:.0f} s (one) and {c['S4']:.0f} s (four)"))
+        rows.append(("4 seeds: whole loop speed-up, 64", f"{ms['loop_small_64_speedup']:.2f}×",
+                     f"eager; 1 seed {ms['loop_small_64_steps_per_s']['S1']:.0f}, 4 seeds {ms['loop_small_64_steps_per_s']['S4']:.0f} steps/s"))
     if mem:
         rows += [
             ("replay 1M cheetah-run", f"{mem['replay_1M_cheetah_mb']:.0f} MB", f"{mem['replay_bytes_per_transition']} B/transition (target < 250 MB)"),
@@ -482,7 +497,8 @@ def main() -> int:
                                      windows=5 if args.quick else 3, compiled=compiled)  # fmt: skip
         if "multiseed" not in skip:
             log(f"[throughput] multiseed on {d}, load {load()}")
-            res[f"multiseed{key}"] = with_steal(section_multiseed, d, reps, compiled_64=compiled and not args.quick)
+            res[f"multiseed{key}"] = with_steal(section_multiseed, d, reps, compiled_64=compiled and not args.quick,
+                                                loop_steps=100 if args.quick else 300)
     if "memory" not in skip:
         log(f"[throughput] memory, load {load()}")
         import multiprocessing
@@ -501,6 +517,7 @@ def main() -> int:
         "multiseed_speedup": ms.get("update_paper_512_speedup"),
         "multiseed_speedup_64": ms.get("update_small_64_speedup"),
         "multiseed_speedup_64_compiled": ms.get("update_small_64_compiled_speedup"),
+        "multiseed_loop_speedup_64": ms.get("loop_small_64_speedup"),
         "multiseed_path": "eager: QSMSeeds of 4 against one QSMAgent, update only" if ms else None,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     })  # fmt: skip
