@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .nets import mlp, xavier_init_
+from .nets import Mish, mlp, xavier_init_
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,8 +136,8 @@ class Denoiser(nn.Module):
         super().__init__()
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.time_features = FourierTimeFeatures(n_frequencies)
-        self.time_mlp = mlp([2 * n_frequencies, time_hidden, time_hidden], nn.Mish)
-        self.net = mlp([act_dim + obs_dim + time_hidden, *hidden, act_dim], nn.Mish)
+        self.time_mlp = mlp([2 * n_frequencies, time_hidden, time_hidden], Mish)
+        self.net = mlp([act_dim + obs_dim + time_hidden, *hidden, act_dim], Mish)
         xavier_init_(self.time_mlp)
         xavier_init_(self.net)
 

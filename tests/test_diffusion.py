@@ -145,3 +145,20 @@ def test_gaussian_prior_keeps_the_five_step_sampler_inside_the_box():
     none = ddpm_sample(lambda o, a, t: torch.zeros_like(a), schedule, obs, 1, generator=gen)
     assert 0.3 < prior.std() < 0.45 and (prior.abs() > 0.95).float().mean() < 0.01
     assert (none.abs() > 0.95).float().mean() > 0.6
+
+
+def test_one_exponential_mish_is_torchs_mish():
+    """nets.Mish (x·n/(n+2), n = eˣ(eˣ+2)) against F.mish in float64, values and gradients, from
+    −60 to 60: float32 rounding apart (measured 2.7e-7 relative, 7.5e-6 absolute on the gradient), no NaN."""
+    import torch.nn.functional as F
+
+    from qsm_tutorial.nets import Mish
+
+    x = torch.linspace(-60, 60, 20001, requires_grad=True)
+    y = Mish()(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    x64 = x.detach().double().requires_grad_(True)
+    ref = F.mish(x64)
+    (g_ref,) = torch.autograd.grad(ref.sum(), x64)
+    assert torch.allclose(y.double(), ref, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(g.double(), g_ref, rtol=0, atol=5e-5) and not torch.isnan(g).any()
