@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ..replay import Batch
-from .qsm import QSMAgent, UpdateNoise, adam, draw_update_noise, minimise, qsm_actor_loss, qsm_critic_loss
+from .qsm import QSMAgent, UpdateNoise, adam, compiled, draw_update_noise, minimise, qsm_actor_loss, qsm_critic_loss
 
 Params = dict[str, Tensor]
 
@@ -76,7 +76,7 @@ class QSMSeeds:
             noise_dims = UpdateNoise(0, 0, 0, 0) if bootstraps else UpdateNoise(None, None, 0, 0)
             critic = vmap(partial(self._critic_loss, self.base), in_dims=(0, 0, 0, 0, noise_dims))
             actor = vmap(partial(self._actor_loss, self.base), in_dims=(0, 0, 0, noise_dims))
-            self._losses[bootstraps] = (torch.compile(critic, dynamic=False), torch.compile(actor, dynamic=False)) if self.base.compiled else (critic, actor)
+            self._losses[bootstraps] = (compiled(critic, self.device), compiled(actor, self.device)) if self.base.compiled else (critic, actor)
         return self._losses[bootstraps]
 
     def _critic_loss(self, base: QSMAgent, critic: Params, target: Params, actor: Params, batch: Batch, noise: UpdateNoise):
