@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
@@ -274,6 +275,8 @@ def compiled(loss_fn, device: torch.device):
     """``torch.compile`` of a loss function, forward and backward. On CUDA also captured in CUDA
     graphs ("reduce-overhead"): one launch per graph instead of one per kernel, which is where a
     GPU's time goes at these network sizes."""
+    # torch's compiler imports its deprecated jit helpers and warns several times: not ours to fix
+    warnings.filterwarnings("ignore", message="`torch.jit.script_method` is deprecated", category=DeprecationWarning)
     return torch.compile(loss_fn, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
 
 
