@@ -238,8 +238,11 @@ def available_pretrained(root: str | Path = PRETRAINED_DIR) -> list[str]:
 
 def load_pretrained(name: str, root: str | Path = PRETRAINED_DIR, device: str = "cpu"):
     """A shipped policy as a ready agent (``agent.act(obs, deterministic=True)``), and its manifest
-    as ``agent.manifest``. Only the acting networks are loaded: the agent is not for training on."""
+    as ``agent.manifest``. ``"dmc/cartpole-swingup/qsm"`` is its ``seed0``. Only the acting networks
+    are loaded: the agent is not for training on."""
     folder = Path(root) / name
+    if not (folder / MANIFEST_FILE).is_file() and (folder / "seed0" / MANIFEST_FILE).is_file():
+        folder = folder / "seed0"
     if not (folder / MANIFEST_FILE).is_file():
         raise KeyError(f"no pretrained policy {name!r}; available: {', '.join(available_pretrained(root)) or 'none'}")
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
