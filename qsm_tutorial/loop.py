@@ -440,6 +440,7 @@ class Lane:
     episode_length: int = 0
     window: dict = field(default_factory=dict)
     state_dict: Callable[[], dict] | None = None  # the agent's state (a stacked model's slice for several seeds)
+    lock: Any = None  # the run dir's lock (storage.RunDirLock), released by close()
 
     @property
     def agent(self):
@@ -494,6 +495,8 @@ class Lane:
 
     def close(self) -> None:
         self.metrics.close()
+        if self.lock:
+            self.lock.release()
         if self.made_here:
             self.env.close()
             self.eval_env.close()
@@ -521,6 +524,7 @@ def open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset
     with rng:
         seed_everything(seed)
         env, eval_env, env_id, made_here = _make_envs(env_or_id, seed)
+        lock = None
         try:
             config = make_config(algo, env_id, preset, **overrides)
             total_steps = step_budget(total_steps, env_id)
@@ -530,6 +534,7 @@ def open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset
             agent = agent_cls(obs_dim, act_dim, config)
             buffer = ReplayBuffer(obs_dim, act_dim, config.buffer_size)
             record = _run_record(algo, env_id, seed, total_steps, loop, config, obs_dim, act_dim, agent.device)
+            lock = store.lock() if store else None  # held until the lane closes: one writer per run dir
             checkpoint = store.prepare(record, resume, force, asked) if store else None
             start, episodes, updates = 0, 0, 0
             if checkpoint is not None:
@@ -541,16 +546,22 @@ def open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset
                 metrics.start(start if checkpoint is not None else None)
                 timing.start(start if checkpoint is not None else None)
         except BaseException:
+            if lock:
+                lock.release()
             if made_here:
                 env.close()
                 eval_env.close()
             raise
         run = Run(agent, config, env_id, seed, history=metrics.rows, run_dir=str(store.path) if store else None,
                   loop=loop, total_steps=total_steps, step=start, timing=timing.rows)  # fmt: skip
-        lane = Lane(run, env, eval_env, made_here, buffer, store, metrics, timing, rng, episodes, updates, saved_step=start)
-        if start == 0:
-            lane.evaluate(0)
-        lane.obs, _ = env.reset(seed=seed if start == 0 else derived_seed(seed, RESUME_STREAM, start))
+        lane = Lane(run, env, eval_env, made_here, buffer, store, metrics, timing, rng, episodes, updates, saved_step=start, lock=lock)
+        try:
+            if start == 0:
+                lane.evaluate(0)
+            lane.obs, _ = env.reset(seed=seed if start == 0 else derived_seed(seed, RESUME_STREAM, start))
+        except BaseException:
+            lane.close()
+            raise
     return lane
 
 

@@ -23,10 +23,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fcntl
 import json
 import os
 import secrets
 import shutil
+import socket
+import sys
+import time
+import zipfile
 from pathlib import Path
 from typing import IO, Any, Callable, Collection
 
@@ -40,6 +45,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_FORMAT = "qsm_tutorial checkpoint v1"
 TEMP_SUFFIX = ".tmp"  # temp files are hidden: ".<name>.<random>.tmp"
+LOCK_FILE = ".lock"  # exists only while a process writes the run: names it
 
 # metrics.csv starts with these columns; the agent's update metrics follow, in the order of its
 # first update's dict.
@@ -198,6 +204,12 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    try:  # torch.load does not check the zip's CRCs: damaged bytes would load as garbage weights
+        damaged = zipfile.ZipFile(path).testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        damaged = None  # not a zip at all: torch.load below says so
+    if damaged:
+        raise CheckpointError(f"{path} is damaged (checksum mismatch in {damaged}); restore it, or start over with --force")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file; all mean the same here
@@ -227,6 +239,11 @@ class RunDir:
         self.metrics = self.path / METRICS_FILE
         self.timing = self.path / TIMING_FILE
         self.tensorboard = self.path / TENSORBOARD_DIR
+
+    def lock(self) -> "RunDirLock":
+        """An exclusive lock on this folder for as long as a process writes it (``with`` or
+        ``release``): a second writer is refused in one line that names the first."""
+        return RunDirLock(self.path)
 
     def saved_config(self) -> dict | None:
         """The ``config.json`` of the run already here, or None if there is none."""
@@ -280,6 +297,10 @@ class RunDir:
         checkpoint = load_checkpoint(self.checkpoint)
         if checkpoint.get("algo") != record["algo"]:
             raise CheckpointError(f"{self.checkpoint} holds a {checkpoint.get('algo')} agent, not {record['algo']}")
+        for key in ("env_id", "seed"):  # same network sizes would load silently: refuse another run's checkpoint
+            if checkpoint.get(key, record[key]) != record[key]:
+                raise CheckpointError(f"{self.checkpoint} was written by a run with {key} {checkpoint[key]!r}, not "
+                                      f"{record[key]!r}; restore this run's checkpoint, or start over with --force")  # fmt: skip
         return checkpoint
 
     def begin(self, record: dict, resumed: bool) -> None:
@@ -294,3 +315,40 @@ class RunDir:
 
     def save_checkpoint(self, state: dict) -> None:
         atomic_write(self.checkpoint, lambda f: torch.save(state, f))
+
+
+class RunDirLock:
+    """``flock`` on ``<run dir>/.lock``, which says who holds it (pid, host, command, start) and is
+    removed on release; the kernel frees the lock of a killed process, so a stale file is harmless.
+    The folder is made if it does not exist (and removed again on release if still empty)."""
+
+    def __init__(self, path: Path):
+        self.made = not path.exists()
+        path.mkdir(parents=True, exist_ok=True)
+        self.path, self.file = path / LOCK_FILE, open(path / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise RunDirError(f"{path} is being written by {holder}; wait for it to end, or choose another --run-dir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} ({command})")
+        self.file.flush()
+
+    def release(self) -> None:
+        if self.file.closed:
+            return
+        self.path.unlink(missing_ok=True)
+        self.file.close()  # (closing frees the flock)
+        if self.made and not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()
+
+    def __enter__(self) -> "RunDirLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -20,7 +20,7 @@ from qsm_tutorial.algos.qsm import QSMConfig
 from qsm_tutorial.algos.sac import SACAgent
 from qsm_tutorial.cli import main
 from qsm_tutorial.loop import LoopConfig, NonFiniteError, updates_due
-from qsm_tutorial.storage import CHECKPOINT_FORMAT, CsvLog, is_temp_file, load_checkpoint
+from qsm_tutorial.storage import CHECKPOINT_FORMAT, CsvLog, RunDir, RunDirError, is_temp_file, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small networks, a short warm-up, evaluation only at step 0 and at the end.
@@ -41,7 +41,7 @@ def assert_run_dir_readable(run_dir: Path) -> int:
     """Every file but atomic-write temp files parses: config JSON, whole CSV rows, the checkpoint.
     Returns the checkpoint's step."""
     names = {p.name for p in run_dir.iterdir() if not is_temp_file(p.name)}
-    assert names <= {"config.json", "metrics.csv", "timing.csv", "checkpoint.pt"}, names
+    assert names <= {"config.json", "metrics.csv", "timing.csv", "checkpoint.pt", ".lock"}, names  # (.lock: a killed writer's)
     json.loads((run_dir / "config.json").read_text())
     for csv_name in ("metrics.csv", "timing.csv"):
         text = (run_dir / csv_name).read_text()
@@ -208,6 +208,7 @@ def test_run_dir_of_another_run_is_refused(capsys, finished_run):
         (lambda p: p.write_bytes(os.urandom(3000)), "cannot read"),
         (lambda p: torch.save({"weights": torch.zeros(3)}, p), "not a qsm_tutorial checkpoint"),
         (lambda p: p.unlink(), "nothing to resume"),
+        (lambda p: p.write_bytes(corrupt_64_bytes(p.read_bytes())), "is damaged (checksum mismatch"),  # torch.load would read it
     ],
 )
 def test_bad_checkpoint_on_resume_is_one_line_and_touches_nothing(capsys, finished_run, damage, message):
@@ -215,6 +216,33 @@ def test_bad_checkpoint_on_resume_is_one_line_and_touches_nothing(capsys, finish
     before = hashes(finished_run)
     assert message in one_line_error(capsys, ["--run-dir", str(finished_run), "--resume", "--total-steps", "200"])
     assert hashes(finished_run) == before
+
+
+def corrupt_64_bytes(data: bytes) -> bytes:
+    """64 bytes of the largest tensor record (the replay buffer) overwritten, the zip left valid."""
+    middle = len(data) // 2
+    return data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 64]) + data[middle + 64 :]
+
+
+def test_a_checkpoint_of_another_seed_is_refused_on_resume(capsys, tmp_path, finished_run):
+    other = tmp_path / "seed1"
+    train(total_steps=110, run_dir=other, seed=1)
+    (other / "checkpoint.pt").write_bytes((finished_run / "checkpoint.pt").read_bytes())  # same sizes, seed 0's
+    before = hashes(other)
+    err = one_line_error(capsys, ["--run-dir", str(other), "--resume", "--total-steps", "200"])
+    assert "written by a run with seed 0, not 1" in err
+    assert hashes(other) == before
+
+
+def test_a_second_writer_is_refused_in_one_line_naming_the_first(capsys, finished_run):
+    before = hashes(finished_run)
+    with RunDir(finished_run).lock():
+        err = one_line_error(capsys, ["--run-dir", str(finished_run), "--resume", "--total-steps", "200"])
+        assert f"is being written by pid {os.getpid()}" in err
+        with pytest.raises(RunDirError, match="is being written by"):
+            train(total_steps=200, run_dir=finished_run, resume=True)
+    assert hashes(finished_run) == before  # the lock file went with the lock
+    assert train(total_steps=130, run_dir=finished_run, resume=True).step == 130  # and the run is free again
 
 
 def test_forced_resume_with_other_network_sizes_does_not_fit(capsys, finished_run):
