@@ -204,10 +204,15 @@ def gaussian_prior_eps(schedule: NoiseSchedule, a_t: Tensor, t: Tensor, prior_st
     """ε of a Gaussian prior N(0, σ²) at noise level t:  √(1−ᾱ_t) · a_t / (ᾱ_t σ² + 1 − ᾱ_t).
 
     a_t = √ᾱ_t a + √(1−ᾱ_t) z with a ~ N(0, σ²) is N(0, ᾱ_t σ² + 1 − ᾱ_t), whose score is
-    −a_t / (ᾱ_t σ² + 1 − ᾱ_t), and ε = −√(1−ᾱ_t) · score. Added to −α∇ₐQ it makes the target the
-    ε of prior · exp(αQ) (exactly so where Q is linear in a): the term that pulls each reverse step
-    back toward 0, which QSM's target lacks (``QSMConfig.prior_std``; σ = 0 gives zeros). Shapes:
-    a_t [..., B, A], t [..., B].
+    −a_t / (ᾱ_t σ² + 1 − ᾱ_t), and ε = −√(1−ᾱ_t) · score: the term that pulls each reverse step back
+    toward 0, which QSM's target lacks (``QSMConfig.prior_std``; σ = 0 gives zeros).
+
+    What the sum with QSM's −α∇ₐQ is, exactly: for a linear Q = g·a, the noised ε of
+    N(0, σ²)·exp(αQ) is this term − α f_t g with f_t = √(ᾱ_t(1−ᾱ_t)) σ² / (ᾱ_t σ² + 1 − ᾱ_t)
+    (0.02 … 0.25 for the VP schedule and σ = 0.5). So "this term − α g" is the noised ε of
+    N(0, σ²)·exp((α / f_t) Q): a prior times a Boltzmann factor whose inverse temperature grows as
+    the noise level falls (tests/test_diffusion.py checks both statements by numerical integration).
+    Shapes: a_t [..., B, A], t [..., B].
     """
     if prior_std == 0:
         return torch.zeros_like(a_t)

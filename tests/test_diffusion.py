@@ -162,3 +162,31 @@ def test_one_exponential_mish_is_torchs_mish():
     (g_ref,) = torch.autograd.grad(ref.sum(), x64)
     assert torch.allclose(y.double(), ref, rtol=1e-6, atol=1e-6)
     assert torch.allclose(g.double(), g_ref, rtol=0, atol=5e-5) and not torch.isnan(g).any()
+
+
+def test_prior_target_is_the_noised_eps_of_a_prior_times_a_level_dependent_boltzmann_factor():
+    """For a linear Q = g·a (1-D), the noised density of π ∝ N(0, σ²)·exp(αQ) is integrated on a grid
+    and its ε = −√(1−ᾱ) ∂ log p_t / ∂a_t taken by autograd: it equals gaussian_prior_eps − α f_t g
+    (f_t = √(ᾱ(1−ᾱ)) σ² / (ᾱσ² + 1 − ᾱ)), so the package's target gaussian_prior_eps − α g is the
+    exact noised ε at the inverse temperature α / f_t, not α (unless f_t = 1, which never happens)."""
+    from qsm_tutorial.diffusion import gaussian_prior_eps
+
+    schedule, sigma, alpha, g = NoiseSchedule.vp(5), 0.5, 1.0, 0.8
+    a = torch.linspace(-30, 30, 60001, dtype=torch.float64)  # π at α / f_t is centred up to 10: the grid covers it
+    for t in range(5):
+        abar = schedule.alphas_bar[t].double()
+        f_t = torch.sqrt(abar * (1 - abar)) * sigma**2 / (abar * sigma**2 + 1 - abar)
+
+        def noised_eps(inverse_temperature: float, a_t: torch.Tensor) -> torch.Tensor:
+            log_pi = -0.5 * a**2 / sigma**2 + inverse_temperature * g * a
+            a_t = a_t.clone().requires_grad_(True)
+            kernel = -0.5 * (a_t[:, None] - abar.sqrt() * a[None]) ** 2 / (1 - abar)
+            log_p = torch.logsumexp(log_pi[None] + kernel, dim=1)
+            (score,) = torch.autograd.grad(log_p.sum(), a_t)
+            return -(1 - abar).sqrt() * score
+
+        a_t = torch.linspace(-1.5, 1.5, 7, dtype=torch.float64)
+        prior = gaussian_prior_eps(schedule, a_t.float()[:, None], torch.full((7,), t), sigma)[:, 0].double()
+        assert torch.allclose(noised_eps(alpha, a_t), prior - alpha * f_t * g, atol=1e-6)  # the exact ε at α
+        assert torch.allclose(noised_eps(alpha / f_t, a_t), prior - alpha * g, atol=1e-5)  # the implemented one
+        assert 0.01 < f_t < 0.3

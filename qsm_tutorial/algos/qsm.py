@@ -27,8 +27,9 @@ fixed point, so it keeps interior modes. The bandit preset uses it.
 On control tasks the paper's settings fail in a measured way (InvertedPendulum-v5: 96-100 % of
 actions at ±1, α‖∇ₐQ‖ of 100-300 against unit-size noise, evaluation at random level; notebook 05).
 The "control" preset, the default of ``train`` on non-bandit envs, answers each cause with one field:
-``prior_std`` (a Gaussian prior's noised score in the target, so the chain contracts: π ∝
-N(0, σ²)·exp(αQ)), ``normalize_q_grad`` with α = 1 (a target of fixed size whatever the reward
+``prior_std`` (a Gaussian prior's noised score in the target, so the chain contracts; with
+−α∇ₐQ it is the noised ε of N(0, σ²)·exp(α_t Q) with a level-dependent α_t = α / f_t, see
+``diffusion.gaussian_prior_eps``), ``normalize_q_grad`` with α = 1 (a target of fixed size whatever the reward
 scale), and ``action_candidates`` (``act`` keeps the best of N samples by the critics).
 ``preset="paper"`` / ``--preset paper`` is the faithful configuration.
 """
@@ -72,7 +73,7 @@ class QSMConfig:
     temperature: float = doc(1.0, "scale of the noise added in each DDPM reverse step (paper: 1.0)")
     normalize_q_grad: bool = doc(False, "divide grad_a Q by its batch-mean norm, so alpha no longer depends on the reward scale (paper: False)")
     denoise_weight: float = doc(0.0, "weight of the plain DDPM denoising target (the drawn noise z) added to the actor's target; 0 = paper")
-    prior_std: float = doc(0.0, "std of a Gaussian prior N(0, prior_std^2) whose noised score is added to the actor's target, so the policy is prior * exp(alpha Q): it holds DDPM samples inside the box (0 = paper: no prior)")
+    prior_std: float = doc(0.0, "std of a Gaussian prior N(0, prior_std^2) whose noised score is added to the actor's target (a prior times a Boltzmann factor, see diffusion.gaussian_prior_eps): it holds DDPM samples inside the box (0 = paper: no prior)")
     sampler: str = doc("ddpm", "how actions are drawn: ddpm (paper) or langevin (learned score as Langevin drift)")
     langevin_steps: int = doc(100, "Langevin steps per sample when sampler=langevin")
     langevin_step_size: float = doc(2e-3, "Langevin step size eta when sampler=langevin")
@@ -119,7 +120,8 @@ PRESETS: dict[str, dict] = {
     # of the paper's settings failing there (benchmarks/results/qsm_inverted_pendulum_diagnosis.csv):
     # - prior_std: the 5-step DDPM chain divides by √α_t at every step and QSM's target has no term
     #   pulling actions back, so 65-100 % of sampled actions sat at ±1 (bang-bang). A Gaussian
-    #   prior's noised score in the target makes the policy N(0, 0.5²)·exp(αQ): interior actions.
+    #   prior's noised score in the target pulls every reverse step toward 0 (a prior N(0, 0.5²) times
+    #   a Boltzmann factor, gaussian_prior_eps says exactly which): interior actions.
     # - normalize_q_grad, alpha=1: α‖∇ₐQ‖ reached 100-300 (loss 1e4-1e5, unfittable) as Q grew
     #   with the returns; dividing ∇ₐQ by its batch-mean norm keeps the target's size fixed.
     # - action_candidates: the policy's spread (std ≈ 0.35) is exploration, but a balancing task
