@@ -201,6 +201,21 @@ def test_committed_outputs_have_no_errors_and_no_machine_paths(name):
                 assert path not in text, f"{name}, code cell {i}: an output shows the path {path!r}"
 
 
+DRAWS = re.compile(r"viz\.plot_|\.savefig\(|plt\.show\(|display\(fig")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_cell_that_draws_shows_its_picture(name):
+    """A code cell that makes a figure (a ``viz.plot_*`` call, ``savefig``, ``plt.show``) has an image in
+    its committed output: ``plt.show()`` on a Figure that pyplot does not manage (every ``viz`` figure)
+    shows nothing, and a reader of the saved notebook would see an empty cell."""
+    for i, cell in enumerate(_code_cells(NOTEBOOK_DIR / name)):
+        code = "\n".join(line.split("#")[0] for line in _source(cell).splitlines())
+        if DRAWS.search(code):
+            images = [o for o in cell.get("outputs", []) if {"image/png", "image/svg+xml"} & set(o.get("data", {}))]
+            assert images, f"{name}, code cell {i}: it draws a figure but its committed output has no image"
+
+
 # ----------------------------------------------------------------------------------------------
 # Refreshing the committed outputs
 # ----------------------------------------------------------------------------------------------
