@@ -36,6 +36,7 @@ import os
 import platform
 import random
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -555,6 +556,7 @@ def open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset
         run = Run(agent, config, env_id, seed, history=metrics.rows, run_dir=str(store.path) if store else None,
                   loop=loop, total_steps=total_steps, step=start, timing=timing.rows)  # fmt: skip
         lane = Lane(run, env, eval_env, made_here, buffer, store, metrics, timing, rng, episodes, updates, saved_step=start, lock=lock)
+        announce(run, config, loop, resumed=checkpoint is not None)
         try:
             if start == 0:
                 lane.evaluate(0)
@@ -563,6 +565,18 @@ def open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset
             lane.close()
             raise
     return lane
+
+
+def announce(run: Run, config, loop: LoopConfig, resumed: bool) -> None:
+    """One line on stderr for what a user would otherwise miss: that a run resumed, and from which
+    step; that its budget never passes the warm-up, so no update would run."""
+    where = f" in {run.run_dir}" if run.run_dir else ""
+    if resumed:
+        tqdm.write(f"resuming {run.agent.algo} on {run.env_id}, seed {run.seed}{where} from step {run.step:,} of {run.total_steps:,}",
+                   file=sys.stderr)  # fmt: skip
+    if updates_due(run.total_steps, config, loop.updates_per_step) == 0:
+        tqdm.write(f"note: {run.total_steps:,} steps do not pass the warm-up ({config.warmup_steps:,} random steps, batch "
+                   f"{config.batch_size}): this run makes no update; raise --total-steps or lower --warmup-steps", file=sys.stderr)  # fmt: skip
 
 
 def learn(lanes: list[Lane], stack, step: int) -> None:

@@ -572,3 +572,14 @@ def test_a_run_written_before_the_redesign_resumes_or_is_refused_untouched(tmp_p
         assert list(new.metrics["step"][: len(old_rows)]) == [int(line.split(",")[0]) for line in old_rows]
         assert list(new.events("eval")["step"]) == [0, 100, 200, 300, 400]
     assert hashes(PRE_REDESIGN_RUN) == fixture
+
+
+def test_a_resume_and_a_budget_inside_the_warm_up_are_announced_in_one_line(capsys, finished_run):
+    train(total_steps=130, run_dir=finished_run, resume=True)
+    err = capsys.readouterr().err
+    assert "resuming td3 on InvertedPendulum-v5, seed 0" in err and "from step 120 of 130" in err
+    train(total_steps=80, warmup_steps=100)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "80 steps do not pass the warm-up (100 random steps" in err
+    train(total_steps=150, warmup_steps=100)
+    assert "warm-up" not in capsys.readouterr().err
