@@ -37,7 +37,7 @@ from .storage import (
 
 __all__ = [
     "CHECKPOINT_FILE", "CONFIG_FILE", "METRICS_FILE", "TIMING_FILE", "Band", "RunResult", "columns_of",
-    "curves_from_csv", "curves_from_runs", "group_runs", "load_agent", "load_run", "load_runs", "parse_cell",
+    "curves_from_csv", "curves_from_runs", "group_runs", "agent_from_record", "load_agent", "load_run", "load_runs", "parse_cell",
     "read_csv", "seed_band", "available_pretrained", "export_pretrained", "load_pretrained",
 ]  # fmt: skip
 
@@ -183,12 +183,23 @@ def curves_from_runs(runs: Iterable[RunResult]) -> dict[str, tuple[np.ndarray, n
     return out
 
 
+def agent_from_record(record: dict[str, Any], device: str | None = None):
+    """A fresh agent as a saved record describes it (``config.json`` or a manifest: ``algo``,
+    ``obs_dim``, ``act_dim``, ``agent``), on ``device`` (default: the record's). Not compiled: an
+    agent read back is for acting and analysis, and needs no C++ compiler."""
+    agent_cls, config_cls = algos.get(record["algo"])
+    fields = saved_fields(record["agent"], config_cls)
+    if "compile" in fields:
+        fields["compile"] = "off"
+    if device is not None:
+        fields["device"] = device
+    return agent_cls(record["obs_dim"], record["act_dim"], config_cls(**fields))
+
+
 def load_agent(run_dir: str | Path):
     """The agent of a saved run, restored from its latest checkpoint (on the device its config
     names: ``auto`` is CUDA when present)."""
-    config = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
-    agent_cls, config_cls = algos.get(config["algo"])
-    agent = agent_cls(config["obs_dim"], config["act_dim"], config_cls(**saved_fields(config["agent"], config_cls)))
+    agent = agent_from_record(json.loads((Path(run_dir) / CONFIG_FILE).read_text()))
     agent.load_state_dict(load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)["agent"])
     return agent
 
@@ -246,11 +257,7 @@ def load_pretrained(name: str, root: str | Path = PRETRAINED_DIR, device: str = 
     if not (folder / MANIFEST_FILE).is_file():
         raise KeyError(f"no pretrained policy {name!r}; available: {', '.join(available_pretrained(root)) or 'none'}")
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    agent_cls, config_cls = algos.get(manifest["algo"])
-    fields = {**saved_fields(manifest["agent"], config_cls), "device": device}
-    if "compile" in fields:
-        fields["compile"] = "off"
-    agent = agent_cls(manifest["obs_dim"], manifest["act_dim"], config_cls(**fields))
+    agent = agent_from_record(manifest, device)
     weights = torch.load(folder / POLICY_FILE, map_location=device, weights_only=True)
     for module in manifest["modules"]:
         getattr(agent, module).load_state_dict(weights[module])

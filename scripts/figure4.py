@@ -25,9 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qsm_tutorial import algos, envs, viz  # noqa: E402
+from qsm_tutorial import envs, results, viz  # noqa: E402
 from qsm_tutorial.analysis import action_shares, forced_first_action_returns  # noqa: E402
-from qsm_tutorial.storage import load_checkpoint, saved_fields  # noqa: E402
+from qsm_tutorial.storage import load_checkpoint  # noqa: E402
 
 ENV = "dmc/cartpole-swingup"
 LABELS = {"qsm": "QSM (control preset)", "qsm-paper": "QSM (paper preset)", "sac": "SAC"}
@@ -35,12 +35,7 @@ LABELS = {"qsm": "QSM (control preset)", "qsm-paper": "QSM (paper preset)", "sac
 
 def agent_at(run_dir: Path, step: int | None):
     """The run's agent with the networks of snapshot ``step`` (None: the latest checkpoint)."""
-    config = json.loads((run_dir / "config.json").read_text())
-    agent_cls, config_cls = algos.get(config["algo"])
-    fields = saved_fields(config["agent"], config_cls)
-    if "compile" in fields:
-        fields["compile"] = "off"
-    agent = agent_cls(config["obs_dim"], config["act_dim"], config_cls(**{**fields, "device": "cpu"}))
+    agent = results.agent_from_record(json.loads((run_dir / "config.json").read_text()), device="cpu")
     if step is None:
         state = load_checkpoint(run_dir / "checkpoint.pt")
         agent.load_state_dict(state["agent"])
