@@ -158,7 +158,7 @@ def ddpm_step(
     temperature: float = 1.0,
     clip: float | None = 1.0,
 ) -> Tensor:
-    """One ancestral reverse step, as in the QSM code:
+    """One ancestral reverse step at noise level t (0-based, t = T−1 … 0), as in the QSM code:
 
         a_{t−1} = (a_t − β_t / √(1 − ᾱ_t) · ε) / √α_t  +  [t > 0] · √β_t · τ · z,
 
@@ -185,9 +185,13 @@ def ddpm_sample(
     return_chain: bool = False,
     noise: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
-    """Ancestral DDPM sampling: a_T ~ N(0, I), then ``ddpm_step`` for t = T−1 … 0, one action per
-    row of ``obs``. ``noise`` [T + 1, B, |A|] supplies a_T and each step's z (drawn here when None,
-    in that order). With ``return_chain`` also returns the list [a_T, …, a_0] (for plots)."""
+    """Ancestral DDPM sampling, one action per row of ``obs``, in the notebooks' 0-based indexing:
+    the noise levels are t = 0 … T−1, the chain starts at the most-noised level, a_{T−1} ~ N(0, I),
+    and ``ddpm_step`` at level t maps a_t to a_{t−1}, for t = T−1 … 0; the last step's output a_{−1}
+    is the sample returned. (The paper counts levels from 1: its a_T … a_0 are our a_{T−1} … a_{−1}.)
+    ``noise`` [T + 1, B, |A|] supplies a_{T−1} and each step's z (drawn here when None, in that
+    order). With ``return_chain`` also returns the list [a_{T−1}, a_{T−2}, …, a_0, a_{−1}] of T + 1
+    tensors (for plots)."""
     B, device = obs.shape[0], obs.device
     if noise is None:
         noise = torch.randn(schedule.T + 1, B, act_dim, generator=generator, device=device)
