@@ -36,5 +36,22 @@ browser-test: install  ## JupyterLab + headless Chromium run notebooks 02 and 04
 	bash scripts/install_browser.sh $(BIN)/python
 	$(BIN)/python scripts/browser_test.py --out figures/browser
 
+.PHONY: site site-check
+# The site's build must need no network: where the machine allows it, it runs in a network namespace
+# of its own (no interface but a loopback that is down), so a tool that tried to download would fail.
+NONET = $(shell if unshare --net true 2>/dev/null; then echo unshare --net; \
+	elif unshare --net --map-root-user true 2>/dev/null; then echo unshare --net --map-root-user; fi)
+
+$(VENV)/.site-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[site]'
+	touch $@
+
+site: install $(VENV)/.site-installed  ## the course site, from the committed notebooks (not re-executed): _build/site/html/index.html
+	$(NONET) $(BIN)/python site/build.py
+
+site-check: site  ## make site, then headless Chromium opens two of its pages and checks their figures render (screenshots in _build/site/check/)
+	bash scripts/install_browser.sh $(BIN)/python
+	$(BIN)/python scripts/site_check.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache
