@@ -18,6 +18,12 @@ The committed notebooks carry the outputs of a full run at their defaults. To re
 
     python tests/test_notebooks.py --update                      # every notebook
     python tests/test_notebooks.py --update 02_qsm_on_bandits    # one
+    python tests/test_notebooks.py --update solutions/02_solutions   # a solutions notebook
+    python tests/test_notebooks.py --update --solutions          # every solutions notebook
+
+The solutions notebooks (``notebooks/solutions/NN_solutions.ipynb``) are executed in smoke mode too (no
+nbval: their numbers mean something only at their defaults); static checks make sure each answers every
+exercise of its notebook, in order, and that the notebook links to it.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+# Worked solutions to the exercises: notebooks/solutions/NN_solutions.ipynb, one per course notebook that has them,
+# named here relative to notebooks/ ("solutions/00_solutions.ipynb").
+SOLUTIONS = sorted(f"solutions/{p.name}" for p in (NOTEBOOK_DIR / "solutions").glob("[0-9][0-9]_solutions.ipynb"))
 KERNEL = "python3"
 CELL_TIMEOUT_S = 900
 
@@ -138,6 +147,35 @@ def test_notebook_runs_and_checked_outputs_reproduce(name, tmp_path):
     assert result.returncode == 0, f"nbval failed on {name}:\n{result.stdout[-6000:]}\n{result.stderr[-2000:]}"
 
 
+@pytest.mark.notebooks
+@pytest.mark.parametrize("name", SOLUTIONS)
+def test_solution_notebook_runs_in_smoke_mode(name, tmp_path):
+    """A solutions notebook runs from top to bottom with papermill in smoke mode (tiny budgets); its printed
+    numbers are the learner's reference only at its defaults, so nbval does not compare them."""
+    execute(NOTEBOOK_DIR / name, tmp_path / Path(name).name, {"smoke": True}, cwd=tmp_path)
+
+
+def _exercise_numbers(path: Path, heading: str) -> list[int]:
+    """The exercise numbers of a notebook: list items ``N. **`` after the line ``## Exercises`` of its markdown
+    (a course notebook), or ``## Exercise N`` headings (a solutions notebook)."""
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown"]
+    if heading == "## Exercises":
+        parts = [re.split(r"^## Exercises\s*$", _source(c), flags=re.M) for c in cells]
+        text = "".join(p[1] for p in parts if len(p) > 1)
+        return [int(n) for n in re.findall(r"^(\d+)\. \*\*", text, flags=re.M)]
+    return [int(n) for c in cells for n in re.findall(r"^## Exercise (\d+)\b", _source(c), flags=re.M)]
+
+
+@pytest.mark.parametrize("name", SOLUTIONS)
+def test_solution_notebook_answers_every_exercise_of_its_notebook(name):
+    number = Path(name).name[:2]
+    (course,) = [n for n in NOTEBOOKS if n.startswith(number)]
+    asked = _exercise_numbers(NOTEBOOK_DIR / course, "## Exercises")
+    assert asked, f"{course}: no numbered exercises found in its '## Exercises' cell"
+    assert _exercise_numbers(NOTEBOOK_DIR / name, "## Exercise N") == asked, f"{name} must answer exercises {asked} of {course}, in order"
+    assert name in (NOTEBOOK_DIR / course).read_text(), f"{course} must link to {name}"
+
+
 def test_sliced_kernel_polls_return_a_late_message_and_time_out_on_time():
     """The patched async channel (``poll_kernel_channels_in_slices``) still delivers a message that
     arrives several slices late, and still raises Empty when its timeout passes, not a slice later."""
@@ -181,7 +219,7 @@ def test_sliced_kernel_polls_return_a_late_message_and_time_out_on_time():
 # ----------------------------------------------------------------------------------------------
 # Static checks of the committed notebooks (fast, no kernel)
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", NOTEBOOKS + SOLUTIONS)
 def test_notebook_has_a_papermill_parameters_cell_with_smoke_off(name):
     cells = _code_cells(NOTEBOOK_DIR / name)
     tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
@@ -190,7 +228,7 @@ def test_notebook_has_a_papermill_parameters_cell_with_smoke_off(name):
     assert re.search(r"^smoke = False\b", _source(tagged[0]), flags=re.M), f"{name}: the parameters cell must set smoke = False"
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", NOTEBOOKS + SOLUTIONS)
 def test_committed_outputs_have_no_errors_and_no_machine_paths(name):
     home = str(Path.home())
     for i, cell in enumerate(_code_cells(NOTEBOOK_DIR / name)):
@@ -204,7 +242,7 @@ def test_committed_outputs_have_no_errors_and_no_machine_paths(name):
 DRAWS = re.compile(r"viz\.plot_|\.savefig\(|plt\.show\(|display\(fig")
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", NOTEBOOKS + SOLUTIONS)
 def test_every_cell_that_draws_shows_its_picture(name):
     """A code cell that makes a figure (a ``viz.plot_*`` call, ``savefig``, ``plt.show``) has an image in
     its committed output: ``plt.show()`` on a Figure that pyplot does not manage (every ``viz`` figure)
@@ -228,7 +266,7 @@ def update(names: list[str]) -> None:
         path = NOTEBOOK_DIR / (name if name.endswith(".ipynb") else f"{name}.ipynb")
         t0 = time.perf_counter()
         cwd = os.getcwd()
-        os.chdir(NOTEBOOK_DIR)  # relative paths only, so none of this machine's paths reach the metadata
+        os.chdir(path.parent)  # relative paths only, so none of this machine's paths reach the metadata
         try:
             execute(path.name, path.name, {}, cwd=".")
         finally:
@@ -246,4 +284,7 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if not args or args[0] != "--update":
         sys.exit(__doc__)
-    update(args[1:] or NOTEBOOKS)
+    if args[1:] == ["--solutions"]:
+        update(SOLUTIONS)
+    else:
+        update(args[1:] or NOTEBOOKS)
