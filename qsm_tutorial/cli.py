@@ -90,7 +90,9 @@ def build_parser(algo: str, env_id: str | None = None, preset: str | None = None
     run.add_argument("--seeds", type=_seed_list, help="several seeds side by side in one process, e.g. 0,1,2,3 "
                      "(seed k is written to <run-dir>/seed<k>, resumable alone as a --seed k run)")  # fmt: skip
     run.add_argument("--run-dir", help="where the run is written (default: runs/<env>/<algo>/seed<seed>)")
-    run.add_argument("--resume", action="store_true", help="continue from the run dir's last checkpoint, with its saved config")
+    run.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode, metavar="auto",
+                     help="continue from the run dir's last checkpoint, with its saved config; --resume auto: "
+                     "continue if there is a checkpoint, start if not, exit 0 at once if the run is complete")  # fmt: skip
     run.add_argument("--force", action="store_true", help="start over in a run dir that holds a run; with --resume, accept a changed config")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--preset", choices=PRESETS, help="named config: paper (the paper's), bandit or control "
@@ -99,6 +101,12 @@ def build_parser(algo: str, env_id: str | None = None, preset: str | None = None
     add_config_arguments(parser, loop, "loop" + (f" (values shown: {source})" if saved else ""))
     add_config_arguments(parser, config, f"{algo} config (values shown: {source})")
     return parser
+
+
+def _resume_mode(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"--resume takes no value or 'auto', got {text!r}")
+    return text
 
 
 def _seed_list(text: str) -> tuple[int, ...]:
@@ -129,7 +137,7 @@ def parse_cli(argv: list[str] | None = None) -> dict:
     pre = argparse.ArgumentParser(add_help=False)
     for name in ("--algo", "--env", "--run-dir", "--seed", "--preset"):
         pre.add_argument(name)
-    pre.add_argument("--resume", action="store_true")
+    pre.add_argument("--resume", nargs="?", const=True, default=False)
     known, _ = pre.parse_known_args(argv)
     saved = None
     if known.resume and (known.run_dir or known.env):
@@ -194,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     signal number when SIGINT/SIGTERM stopped the run (after a checkpoint)."""
     try:
         kwargs = parse_cli(argv)
+        if kwargs.get("resume") == "auto" and RunDir(kwargs["run_dir"]).holds_complete(
+                kwargs["algo"], kwargs["env_or_id"], kwargs["seed"], kwargs["total_steps"]):
+            print(f"{kwargs['algo']} on {kwargs['env_or_id']}, seed {kwargs['seed']}: complete; run dir {kwargs['run_dir']}")
+            return 0
         if "seeds" in kwargs:
             runs = train_seeds(**kwargs)
         else:

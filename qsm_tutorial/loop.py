@@ -489,7 +489,7 @@ class Lane:
         run = self.run
         self.store.save_checkpoint({
             "format": CHECKPOINT_FORMAT, "algo": self.agent.algo, "env_id": run.env_id, "seed": run.seed, "step": step,
-            "episodes": self.episodes, "updates": self.updates, "agent": agent_state,
+            "total_steps": run.total_steps, "episodes": self.episodes, "updates": self.updates, "agent": agent_state,
             "replay": self.buffer.state_dict(), "rng": rng_state(self.env.action_space),
         })  # fmt: skip
         self.saved_step = step
@@ -509,6 +509,8 @@ def open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     store = RunDir(run_dir) if run_dir is not None else None
+    if resume == "auto":  # continue a checkpointed run, start one that has none
+        resume = store is not None and store.checkpoint.exists()
     asked = frozenset(overrides)  # the fields the caller set: on resume, the only ones that can change
     if resume and store:
         try:
@@ -652,7 +654,7 @@ def train(
     seed: int = 0,
     *,
     run_dir: str | os.PathLike | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     force: bool = False,
     progress: bool = True,
     preset: str | None = None,
@@ -670,7 +672,8 @@ def train(
     With ``run_dir`` the run is written there (see :mod:`qsm_tutorial.storage`). A folder that
     already holds a run is refused unless ``resume`` (continue from its checkpoint; the saved config
     fields are the base, and ``overrides`` that change one are refused) or ``force`` (start over;
-    with ``resume``: accept a changed config). Without ``run_dir`` nothing is written.
+    with ``resume``: accept a changed config); ``resume="auto"`` resumes when the folder holds a
+    checkpoint and starts the run otherwise (a sweep's trials). Without ``run_dir`` nothing is written.
     SIGINT/SIGTERM end the run after the current step (checkpointed) and ``Run.stop_reason`` names
     the signal. ``on_step(run)``, if given, is called after every env step and its updates
     (``run.step``, ``run.agent.n_updates`` tell where the run is); returning ``False`` stops the run

@@ -46,6 +46,7 @@ TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_FORMAT = "qsm_tutorial checkpoint v1"
 TEMP_SUFFIX = ".tmp"  # temp files are hidden: ".<name>.<random>.tmp"
 LOCK_FILE = ".lock"  # exists only while a process writes the run: names it
+STATUS_FILE = "status.json"  # written with each checkpoint: where the run stands, read without loading it
 
 # metrics.csv starts with these columns; the agent's update metrics follow, in the order of its
 # first update's dict.
@@ -239,6 +240,7 @@ class RunDir:
         self.metrics = self.path / METRICS_FILE
         self.timing = self.path / TIMING_FILE
         self.tensorboard = self.path / TENSORBOARD_DIR
+        self.status = self.path / STATUS_FILE
 
     def lock(self) -> "RunDirLock":
         """An exclusive lock on this folder for as long as a process writes it (``with`` or
@@ -307,14 +309,38 @@ class RunDir:
         """Write the config; a new run first removes the files of the run it replaces."""
         self.path.mkdir(parents=True, exist_ok=True)
         for p in self.path.iterdir():
-            if is_temp_file(p.name) or (not resumed and p == self.checkpoint):
+            if is_temp_file(p.name) or (not resumed and p in (self.checkpoint, self.status)):
                 p.unlink()
         if not resumed and self.tensorboard.is_dir():
             shutil.rmtree(self.tensorboard)
         atomic_write(self.config, lambda f: f.write(json.dumps(record, indent=2).encode()))
 
     def save_checkpoint(self, state: dict) -> None:
+        """The checkpoint, then ``status.json`` saying which step it holds and whether that is the
+        run's end (a kill between the two leaves a status one checkpoint behind: resume still works)."""
         atomic_write(self.checkpoint, lambda f: torch.save(state, f))
+        status = {"step": state["step"], "total_steps": state["total_steps"], "complete": state["step"] >= state["total_steps"]}
+        atomic_write(self.status, lambda f: f.write(json.dumps(status).encode()))
+
+    def holds_complete(self, algo: str, env_id: str, seed: int, total_steps: int | None) -> bool:
+        """Whether this folder holds this very run (algo, env, seed, and budget unless None) and it
+        is complete, read from ``status.json`` and ``config.json`` without loading the checkpoint."""
+        status = self.read_status()
+        try:
+            saved = self.saved_config() if status and status["complete"] else None
+        except RunDirError:
+            return False
+        return saved is not None and (saved["algo"], saved["env_id"], saved["seed"]) == (algo, env_id, seed) and (
+            total_steps is None or status["total_steps"] == total_steps)
+
+    def read_status(self) -> dict | None:
+        """``{"step", "total_steps", "complete"}`` of the last checkpoint, or None when the folder
+        has no readable ``status.json`` (a new run, or one written before status files existed)."""
+        try:
+            status = json.loads(self.status.read_text())
+            return status if {"step", "total_steps", "complete"} <= status.keys() else None
+        except (OSError, ValueError, AttributeError):
+            return None
 
 
 class RunDirLock:

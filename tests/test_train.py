@@ -41,7 +41,7 @@ def assert_run_dir_readable(run_dir: Path) -> int:
     """Every file but atomic-write temp files parses: config JSON, whole CSV rows, the checkpoint.
     Returns the checkpoint's step."""
     names = {p.name for p in run_dir.iterdir() if not is_temp_file(p.name)}
-    assert names <= {"config.json", "metrics.csv", "timing.csv", "checkpoint.pt", ".lock"}, names  # (.lock: a killed writer's)
+    assert names <= {"config.json", "metrics.csv", "timing.csv", "checkpoint.pt", "status.json", ".lock"}, names  # (.lock: a killed writer's)
     json.loads((run_dir / "config.json").read_text())
     for csv_name in ("metrics.csv", "timing.csv"):
         text = (run_dir / csv_name).read_text()
