@@ -1,7 +1,7 @@
 """The package's import graph (read with ast, every import including those inside functions): no
 circle, and no module imports one above it in the flow
 
-    envs → replay → nets, diffusion → algos → storage → loop (multiseed) → cli → train → the package
+    envs → replay → nets, diffusion → algos → storage → loop (multiseed) → cli → sweep → train → the package
 
 with the readers beside the loop: results reads storage (and algos, to rebuild an agent), and
 fields, theory, viz, video and widgets use results, algos and below, never the loop or the CLI.
@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qsm_tutorial"
 
 # The trunk, bottom up; a layer may import its own layer and those before it. A module belongs to
 # the layer of its first name under the package (qsm_tutorial.algos.qsm → algos).
-TRUNK = [{"envs"}, {"replay"}, {"nets", "diffusion"}, {"algos"}, {"storage"}, {"loop", "multiseed"}, {"cli"}, {"train"},
+TRUNK = [{"envs"}, {"replay"}, {"nets", "diffusion"}, {"algos"}, {"storage"}, {"loop", "multiseed"}, {"cli"}, {"sweep"}, {"train"},
          {"__init__", "__main__"}]  # fmt: skip
 # Readers: the trunk up to storage, and each other; results only the trunk (it is what they read).
 READERS = {"results", "fields", "theory", "viz", "video", "widgets"}
@@ -27,6 +27,7 @@ READERS_MAY_IMPORT = {"envs", "replay", "nets", "diffusion", "algos", "storage"}
 # Edges that cross the layers on purpose, each with its reason.
 ALLOWED = {
     ("widgets", "train"): "widgets.train_bandit_snapshots trains a bandit through the public qsm_tutorial.train",
+    ("sweep", "results"): "sweep() returns the grid's runs as results.load_runs reads them",
 }
 
 
