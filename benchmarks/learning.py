@@ -7,10 +7,11 @@ named variants: ``qsm-paper`` is QSM with ``--preset paper`` (the paper's settin
 256-wide networks (the paper's 512 costs several times the CPU time and changes none of the
 diagnosis; docs/performance.md).
 
-Each (algo, seed) trains through the ``qsm-train`` CLI in its own process (one torch thread, at
-most ``--jobs`` at once) into ``<runs-root>/<env>/<algo>/seed<k>``; a run dir that already holds a
-checkpoint is resumed, so an interrupted benchmark picks up where it stopped, and a finished one
-is only re-read. Options this script does not know (``--warmup-steps 5000``) go to every run.
+The runs are one ``qsm-sweep`` (``qsm_tutorial.sweep``, on a private local Ray): each (algo, seed)
+trains through ``qsm-train --resume auto`` with one torch thread, at most ``--jobs`` at once, into
+``<runs-root>/<env>/<algo>/seed<k>``; an interrupted benchmark picks up where it stopped, and a
+finished one is only re-read. Options this script does not know (``--warmup-steps 5000``) go to
+every run.
 
 Writes:
 - ``benchmarks/results/learning_<env>.csv``: one row per (algo, seed, evaluation step);
@@ -27,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +36,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from qsm_tutorial import viz  # noqa: E402
+from qsm_tutorial import sweep, viz  # noqa: E402
 from qsm_tutorial.algos.common import count_argument  # noqa: E402
-from qsm_tutorial.results import CHECKPOINT_FILE, RunResult, curves_from_runs, load_run  # noqa: E402
+from qsm_tutorial.results import RunResult, curves_from_runs, load_run  # noqa: E402
 
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
@@ -71,32 +70,6 @@ VARIANTS = {"qsm-paper": ("qsm", ["--preset", "paper", "--actor-hidden", "256,25
 
 def run_dir_of(args: argparse.Namespace, algo: str, seed: int) -> Path:
     return Path(args.runs_root) / args.env / algo / f"seed{seed}"
-
-
-def command(args: argparse.Namespace, algo: str, seed: int, extra: list[str]) -> list[str]:
-    """The CLI call of one (label, seed): ``algo`` is an algorithm or a name in ``VARIANTS``."""
-    run_dir = run_dir_of(args, algo, seed)
-    algorithm, variant_flags = VARIANTS.get(algo, (algo, []))
-    cmd = [sys.executable, "-m", "qsm_tutorial", "--algo", algorithm, "--env", args.env, "--seed", str(seed),
-           "--total-steps", str(args.total_steps), "--run-dir", str(run_dir), "--eval-every", str(args.eval_every),
-           "--eval-episodes", str(args.eval_episodes), "--threads", "1", "--no-progress", *variant_flags, *extra]
-    return cmd + ["--resume"] if (run_dir / CHECKPOINT_FILE).exists() else cmd
-
-
-def run_all(jobs: list[list[str]], parallel: int) -> None:
-    """Run the commands, at most ``parallel`` at once; stop at the first failure."""
-    pending, running = list(jobs), []
-    while pending or running:
-        while pending and len(running) < parallel:
-            cmd = pending.pop(0)
-            print("$", " ".join(cmd[2:]), flush=True)
-            running.append((cmd, subprocess.Popen(cmd, cwd=ROOT)))
-        time.sleep(1.0)
-        for cmd, proc in list(running):
-            if proc.poll() is not None:
-                running.remove((cmd, proc))
-                if proc.returncode != 0:
-                    raise SystemExit(f"run failed (exit {proc.returncode}): {' '.join(cmd[2:])}")
 
 
 def first_step_reaching(run: RunResult, threshold: float) -> int | None:
@@ -157,7 +130,8 @@ def main() -> None:
     algos = args.algos.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     if not args.report_only:
-        run_all([command(args, a, s, extra) for a in algos for s in seeds], args.jobs)
+        flags = ["--eval-every", str(args.eval_every), "--eval-episodes", str(args.eval_episodes), *extra]
+        sweep.sweep(algos, [args.env], seeds, args.total_steps, args.runs_root, extra=flags, variants=VARIANTS, max_concurrent=args.jobs)
     runs = {a: [load_run(run_dir_of(args, a, s)) for s in seeds if run_dir_of(args, a, s).exists()] for a in algos}
     runs = {a: group for a, group in runs.items() if group}
     curves, summary = write_csvs(runs, args)
