@@ -54,6 +54,7 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--runs-root", default=str(ROOT / "runs" / "benchmarks"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--figures", default=str(ROOT / "figures"))
+    p.add_argument("--name", default="", help="a suffix for the output files: learning_<env>_<name>.csv")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the CSVs and figure from the run dirs that exist (unfinished runs included, as far as they got)")
     return p.parse_known_args()
@@ -64,8 +65,18 @@ def slug(env_id: str) -> str:
     return env_id.replace("/", "-")
 
 
-# Named variants: label -> (algorithm, extra CLI flags).
-VARIANTS = {"qsm-paper": ("qsm", ["--preset", "paper", "--actor-hidden", "256,256", "--critic-hidden", "256,256"])}
+# Named variants: label -> (algorithm, extra CLI flags). The last three are the control preset with
+# one of its changes taken back to the paper's setting (the ablation of notebook 05).
+VARIANTS = {
+    "qsm-paper": ("qsm", ["--preset", "paper", "--actor-hidden", "256,256", "--critic-hidden", "256,256"]),
+    "qsm-no-prior": ("qsm", ["--prior-std", "0"]),
+    "qsm-raw-grad": ("qsm", ["--no-normalize-q-grad", "--alpha", "50"]),
+    "qsm-one-sample": ("qsm", ["--action-candidates", "1"]),
+}
+
+
+def output_stem(args: argparse.Namespace) -> str:
+    return f"learning_{slug(args.env)}" + (f"_{args.name}" if args.name else "")
 
 
 def run_dir_of(args: argparse.Namespace, algo: str, seed: int) -> Path:
@@ -82,7 +93,8 @@ def write_csvs(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> tu
     """``runs``: {label: its runs over seeds}; the label is the ``algo`` column."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    curves, summary = out / f"learning_{slug(args.env)}.csv", out / f"learning_{slug(args.env)}_summary.csv"
+    stem = output_stem(args)
+    curves, summary = out / f"{stem}.csv", out / f"{stem}_summary.csv"
     with open(curves, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["env", "algo", "seed", "step", "eval_return", "eval_return_std", "eval_return_min", "eval_return_max"])
@@ -111,7 +123,8 @@ def labelled(runs: dict[str, list[RunResult]]):
 def plot(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> Path:
     """``viz.plot_learning_curves`` (a variant keeps its algorithm's colour, dashed) with the warm-up
     and the threshold marked."""
-    names = {"qsm": "QSM, control preset", "qsm-paper": "QSM, paper preset"}
+    names = {"qsm": "QSM, control preset", "qsm-paper": "QSM, paper preset", "qsm-no-prior": "QSM, control minus prior",
+             "qsm-raw-grad": "QSM, control minus normalised ∇Q (α 50)", "qsm-one-sample": "QSM, control minus best-of-16"}
     curves = {names.get(label, label.upper()): next(iter(curves_from_runs(group).values())) for label, group in runs.items() if group}
     ylabel = f"evaluation return ({args.eval_episodes} episodes, deterministic)"
     fig = viz.plot_learning_curves(curves, band="minmax", ylabel=ylabel, title=args.env)
@@ -122,7 +135,7 @@ def plot(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> Path:
     ax.legend(title="mean, min-max over seeds", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
               fontsize=8, title_fontsize=8, frameon=False)  # below the axes: the curves cross every corner
     fig.set_size_inches(6.4, 5.2)
-    return viz.save_figure(fig, f"learning_{slug(args.env)}", args.figures, dpi=150)
+    return viz.save_figure(fig, output_stem(args), args.figures, dpi=150)
 
 
 def main() -> None:
