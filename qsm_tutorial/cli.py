@@ -25,7 +25,7 @@ import torch
 from . import algos, envs
 from .algos.common import cli_flag, count_argument
 from .loop import DEFAULT_TOTAL_STEPS, LOOP_FIELDS, PRESETS, LoopConfig, Run, make_config, preset_for, resume_fields, train, train_seeds
-from .storage import RunDir, RunDirError, TrainError
+from .storage import RunDir, RunDirError, TrainError, file_system_error
 
 
 def _cli_type(hint) -> tuple[Callable[[str], Any] | None, dict]:
@@ -157,6 +157,8 @@ def parse_cli(argv: list[str] | None = None) -> dict:
             if args[arg] is None:
                 args[arg] = saved[key]
     if args["env"] is None:
+        if known.resume and args.get("seeds") is not None:  # a --seeds root holds seed<k> runs, each resumed alone
+            raise RunDirError(f"--seeds cannot resume; continue each seed alone: --run-dir {known.run_dir or '<run-dir>'}/seed<k> --resume")
         if known.resume and known.run_dir:  # (saved is None: say why, not what to type)
             RunDir(Path(known.run_dir)).saved_config()  # a config.json that is not a run's: its own error
             raise RunDirError(f"nothing to resume in {known.run_dir}: it has no config.json; "
@@ -216,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainError, envs.UnknownEnvError, ValueError, gym.error.Error) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except OSError as e:  # one the run's files did not name (storage turns its own into TrainErrors)
+        print(f"error: {' '.join(str(file_system_error(e, what='access')).split())}", file=sys.stderr)
+        return 2
     return _report(runs)
 
 
@@ -224,8 +229,9 @@ def _report(runs: list[Run]) -> int:
     signal stopped the run(s) (after a checkpoint), else 0."""
     for run in runs:
         if run.stop_reason:
-            print(f"stopped by {run.stop_reason} at step {run.step}; checkpoint saved in {run.run_dir}; "
-                  "continue with --resume", file=sys.stderr)  # fmt: skip
+            where = ", ".join(str(r.run_dir) for r in runs) if len(runs) > 1 else run.run_dir
+            how = "continue each with --run-dir <that dir> --resume" if len(runs) > 1 else "continue with --resume"
+            print(f"stopped by {run.stop_reason} at step {run.step}; checkpoint saved in {where}; {how}", file=sys.stderr)
             if run.stop_reason in signal.Signals.__members__:
                 return 128 + signal.Signals[run.stop_reason].value
             continue

@@ -32,6 +32,7 @@ import copy
 import dataclasses
 import json
 import math
+import numbers
 import os
 import platform
 import random
@@ -85,11 +86,11 @@ class LoopConfig:
     tensorboard: bool = doc(False, "also write metrics.csv's scalars as TensorBoard events to <run-dir>/tensorboard/")
 
     def __post_init__(self):
-        if not self.updates_per_step >= 0:
-            raise ValueError(f"updates_per_step must be >= 0, got {self.updates_per_step}")
+        if not 0 <= self.updates_per_step < math.inf:  # (also refuses NaN)
+            raise ValueError(f"updates_per_step (--updates-per-step) must be a finite number >= 0, got {self.updates_per_step}")
         for name in ("eval_every", "eval_episodes", "log_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            if not is_count(getattr(self, name)):  # 50.5 would evaluate at odd steps, 1.5 episodes fail later
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be an integer >= 1, got {getattr(self, name)!r}")
 
 
 LOOP_FIELDS = frozenset(f.name for f in dataclasses.fields(LoopConfig))
@@ -282,18 +283,61 @@ class GracefulStop:
 # The pieces of a run
 # ----------------------------------------------------------------------------------------------
 def _make_envs(env_or_id: str | gym.Env, seed: int) -> tuple[gym.Env, gym.Env, str, bool]:
-    """``(env, eval_env, env_id, made_here)``; a given env object is evaluated on a deep copy."""
+    """``(env, eval_env, env_id, made_here)``; a given env object is evaluated on a deep copy. Its
+    actions are handled as ``envs.make``'s are: a bounded Box other than [-1, 1] is rescaled to it
+    (the policies act in [-1, 1]); a space without finite bounds, or not a Box, is refused."""
     if isinstance(env_or_id, str):
         return envs.make(env_or_id, seed=seed), envs.make(env_or_id), env_or_id, True
     env = env_or_id
-    if not isinstance(env.action_space, gym.spaces.Box):
-        raise ValueError(f"the algorithms need a continuous (Box) action space, got {env.action_space}")
+    space = env.action_space
+    if not isinstance(space, gym.spaces.Box):
+        raise ValueError(f"the algorithms need a continuous (Box) action space, got {space}")
+    if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+        raise ValueError(f"the algorithms need a bounded action space (finite low and high, rescaled to [-1, 1]), got {space}")
+    obs_space = env.observation_space
+    if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1):
+        raise ValueError(f"the algorithms need observations in a 1-D Box (a vector), got {obs_space}; "
+                         "wrap the env in gymnasium.wrappers.FlattenObservation")  # fmt: skip
+    if np.any(space.low != -1) or np.any(space.high != 1):
+        one = space.dtype.type(1.0)
+        env = gym.wrappers.RescaleAction(env, min_action=-one, max_action=one)  # the agent acts in [-1, 1]
     env.reset(seed=seed)
     env.action_space.seed(seed)
     env_id = getattr(env.spec, "id", None) or type(env.unwrapped).__name__
     if isinstance(env.unwrapped, Bandit2D) and not env_id.startswith("bandit/"):
         env_id = f"bandit/{env_id}"  # so that it trains with the bandit preset, as envs.make's bandits do
     return env, copy.deepcopy(env), env_id, False
+
+
+@contextlib.contextmanager
+def _blaming_saved_config(saved: dict | None, asked: frozenset, store: RunDir | None) -> Iterator[None]:
+    """A bad value that a resume read from ``config.json`` (not one the caller set) is that file's
+    fault: the error says so, and what to do."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        field_name = str(e).split(" ", 1)[0]
+        from_file = saved is not None and field_name not in asked and (
+            field_name in saved.get("loop", {}) or field_name in saved.get("agent", {}))
+        if not from_file:
+            raise
+        raise RunDirError(f"{store.config} holds a bad value: {e}; fix it there, or start over with --force") from None
+
+
+def _replay_buffer(obs_dim: int, act_dim: int, capacity: int) -> ReplayBuffer:
+    """The replay buffer, refused in one line when its arrays could never fit in this machine's memory."""
+    need = (2 * obs_dim + act_dim + 2) * 4 * capacity  # the float32 arrays of replay.ReplayBuffer
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        have = None
+    too_big = f"buffer_size (--buffer-size) {capacity:,} needs {need / 2**30:,.1f} GiB of memory"
+    if have and need > have:
+        raise TrainError(f"{too_big}, more than this machine's {have / 2**30:,.1f} GiB; lower --buffer-size")
+    try:
+        return ReplayBuffer(obs_dim, act_dim, capacity)
+    except MemoryError:
+        raise TrainError(f"{too_big}, more than can be allocated here; lower --buffer-size") from None
 
 
 def updates_due(step: int, config, ratio: float) -> int:
@@ -468,7 +512,12 @@ class Lane:
             self.window.setdefault(key, []).append(value)
 
     def nonfinite(self, what: str, step: int) -> NonFiniteError:
-        kept = f"the last good checkpoint (step {self.saved_step}) is in {self.store.path}" if self.store else "nothing was saved"
+        if self.store is None:
+            kept = "nothing was saved"
+        elif self.store.checkpoint.exists():
+            kept = f"the last good checkpoint (step {self.saved_step}) is in {self.store.path}"
+        else:
+            kept = f"no checkpoint had been written yet (every {self.run.loop.checkpoint_every:,} steps)"
         return NonFiniteError(f"non-finite {what} at step {step} (seed {self.run.seed}): the run stopped; {kept}")
 
     def log_window(self, step: int, steps: int, seconds: float, elapsed: float) -> None:
@@ -506,20 +555,24 @@ class Lane:
 def open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset, overrides, rng) -> Lane:
     """Set up one seed's run as ``train`` documents it (config, envs, agent, buffer, run dir,
     resume), evaluate it at step 0 if new, and reset its env. ``rng`` is the lane's random state."""
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and 0 <= seed < 2**32):
+        raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
     store = RunDir(run_dir) if run_dir is not None else None
     if resume == "auto":  # continue a checkpointed run, start one that has none
         resume = store is not None and store.checkpoint.exists()
     asked = frozenset(overrides)  # the fields the caller set: on resume, the only ones that can change
+    saved = None
     if resume and store:
         try:
             saved = store.saved_config()
         except RunDirError:
             saved = None  # prepare() says what is wrong
         overrides = {**resume_fields(saved, algo), **overrides}
+        if total_steps is None and saved is not None and saved.get("algo") == algo:
+            total_steps = saved.get("total_steps")  # the run's own budget, not the env family's default
     overrides = dict(overrides)
-    loop = LoopConfig(**{k: overrides.pop(k) for k in LOOP_FIELDS & overrides.keys()})
+    with _blaming_saved_config(saved, asked, store):
+        loop = LoopConfig(**{k: overrides.pop(k) for k in LOOP_FIELDS & overrides.keys()})
     if loop.tensorboard:
         if store is None:
             raise TrainError("tensorboard=True writes event files into the run directory: pass a run_dir")
@@ -529,13 +582,14 @@ def open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset
         env, eval_env, env_id, made_here = _make_envs(env_or_id, seed)
         lock = None
         try:
-            config = make_config(algo, env_id, preset, **overrides)
+            with _blaming_saved_config(saved, asked, store):
+                config = make_config(algo, env_id, preset, **overrides)
             total_steps = step_budget(total_steps, env_id)
             config = algos.for_run(config, updates_due(total_steps, config, loop.updates_per_step))
             agent_cls, _ = algos.get(algo)
             obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
             agent = agent_cls(obs_dim, act_dim, config)
-            buffer = ReplayBuffer(obs_dim, act_dim, config.buffer_size)
+            buffer = _replay_buffer(obs_dim, act_dim, config.buffer_size)
             record = _run_record(algo, env_id, seed, total_steps, loop, config, obs_dim, act_dim, agent.device)
             lock = store.lock() if store else None  # held until the lane closes: one writer per run dir
             checkpoint = store.prepare(record, resume, force, asked) if store else None
@@ -544,6 +598,9 @@ def open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset
                 start, episodes, updates = _restore(checkpoint, agent, buffer, env.action_space, store.checkpoint)
             metrics = MetricsLog(store, loop.tensorboard)
             timing = CsvLog(store.timing if store else None, TIMING_COLUMNS)
+            if store and checkpoint is not None:  # read (and check) the rows kept before any file is written
+                metrics.csv.read_back(start)
+                timing.read_back(start)
             if store:
                 store.begin(record, resumed=checkpoint is not None)
                 metrics.start(start if checkpoint is not None else None)
@@ -558,7 +615,7 @@ def open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset
         run = Run(agent, config, env_id, seed, history=metrics.rows, run_dir=str(store.path) if store else None,
                   loop=loop, total_steps=total_steps, step=start, timing=timing.rows)  # fmt: skip
         lane = Lane(run, env, eval_env, made_here, buffer, store, metrics, timing, rng, episodes, updates, saved_step=start, lock=lock)
-        announce(run, config, loop, resumed=checkpoint is not None)
+        announce(run, config, loop, resumed=checkpoint is not None, budget_was=(saved or {}).get("total_steps"))
         try:
             if start == 0:
                 lane.evaluate(0)
@@ -569,13 +626,15 @@ def open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset
     return lane
 
 
-def announce(run: Run, config, loop: LoopConfig, resumed: bool) -> None:
+def announce(run: Run, config, loop: LoopConfig, resumed: bool, budget_was: int | None = None) -> None:
     """One line on stderr for what a user would otherwise miss: that a run resumed, and from which
-    step; that its budget never passes the warm-up, so no update would run."""
+    step (and that its budget changed from ``budget_was``, the saved one); that its budget never
+    passes the warm-up, so no update would run."""
     where = f" in {run.run_dir}" if run.run_dir else ""
     if resumed:
-        tqdm.write(f"resuming {run.agent.algo} on {run.env_id}, seed {run.seed}{where} from step {run.step:,} of {run.total_steps:,}",
-                   file=sys.stderr)  # fmt: skip
+        changed = f" (budget changed from {budget_was:,} steps)" if budget_was not in (None, run.total_steps) else ""
+        tqdm.write(f"resuming {run.agent.algo} on {run.env_id}, seed {run.seed}{where} from step {run.step:,} of {run.total_steps:,}"
+                   f"{changed}", file=sys.stderr)  # fmt: skip
     if updates_due(run.total_steps, config, loop.updates_per_step) == 0:
         tqdm.write(f"note: {run.total_steps:,} steps do not pass the warm-up ({config.warmup_steps:,} random steps, batch "
                    f"{config.batch_size}): this run makes no update; raise --total-steps or lower --warmup-steps", file=sys.stderr)  # fmt: skip

@@ -28,6 +28,7 @@ from .storage import (
     CONFIG_FILE,
     METRICS_FILE,
     TIMING_FILE,
+    RunDirError,
     atomic_write,
     load_checkpoint,
     parse_cell,
@@ -90,9 +91,20 @@ class RunResult:
 
 
 def load_run(run_dir: str | Path) -> RunResult:
-    """Read one run directory (``config.json``, ``metrics.csv`` and, if present, ``timing.csv``)."""
+    """Read one run directory (``config.json``, ``metrics.csv`` and, if present, ``timing.csv``);
+    a folder that is not a readable run raises :class:`~qsm_tutorial.storage.RunDirError` naming
+    the file. A cut last CSV line is left out with a warning."""
     run_dir = Path(run_dir)
-    config = json.loads((run_dir / CONFIG_FILE).read_text())
+    try:
+        config = json.loads((run_dir / CONFIG_FILE).read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{run_dir} is not a run directory: it has no {CONFIG_FILE}") from None
+    except ValueError as e:  # (json's JSONDecodeError, UnicodeDecodeError)
+        raise RunDirError(f"{run_dir / CONFIG_FILE} is not valid JSON ({e}); restore it") from None
+    if not isinstance(config, dict) or not {"algo", "env_id", "seed"} <= config.keys():
+        raise RunDirError(f"{run_dir / CONFIG_FILE} is not a qsm_tutorial run config (no algo, env_id and seed)")
+    if not (run_dir / METRICS_FILE).exists():
+        raise RunDirError(f"{run_dir} has {CONFIG_FILE} but no {METRICS_FILE} (a run that died before its first row?)")
     columns, rows = read_csv(run_dir / METRICS_FILE)
     timing: dict[str, np.ndarray] = {}
     if (run_dir / TIMING_FILE).exists():
@@ -103,8 +115,9 @@ def load_run(run_dir: str | Path) -> RunResult:
 
 def load_runs(pattern_or_dirs: str | Path | Iterable[str | Path]) -> list[RunResult]:
     """Every run matching a glob pattern (``"runs/InvertedPendulum-v5/*/seed*"``) or in a list of
-    directories; directories without a ``config.json`` are skipped, and those without a
-    ``metrics.csv`` too, with a warning. Sorted by (env, algo, seed)."""
+    directories; directories without a ``config.json`` are skipped, and those that are not complete,
+    readable runs (a foreign or broken ``config.json``, no ``metrics.csv``, a damaged line) too, with
+    a warning that names each and why. Sorted by (env, algo, seed)."""
     if isinstance(pattern_or_dirs, (str, Path)):
         dirs = [Path(p) for p in glob.glob(str(pattern_or_dirs))]
     else:
@@ -113,10 +126,10 @@ def load_runs(pattern_or_dirs: str | Path | Iterable[str | Path]) -> list[RunRes
     for d in dirs:
         if not (d / CONFIG_FILE).exists():
             continue
-        if not (d / METRICS_FILE).exists():  # a run that died before its first row, or a copy in progress
-            warnings.warn(f"skipping {d}: it has {CONFIG_FILE} but no {METRICS_FILE}", stacklevel=2)
-            continue
-        runs.append(load_run(d))
+        try:  # (no metrics.csv: a run that died before its first row, or a copy in progress)
+            runs.append(load_run(d))
+        except (RunDirError, OSError) as e:
+            warnings.warn(f"skipping {d}: {e}", stacklevel=2)
     return sorted(runs, key=lambda r: (r.env_id, r.algo, r.seed))
 
 

@@ -21,8 +21,10 @@ anything is written. This module knows files, not training: it imports neither t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -31,9 +33,10 @@ import shutil
 import socket
 import sys
 import time
+import warnings
 import zipfile
 from pathlib import Path
-from typing import IO, Any, Callable, Collection
+from typing import IO, Any, Callable, Collection, Iterator
 
 import numpy as np
 import torch
@@ -69,6 +72,45 @@ class CheckpointError(TrainError):
     """A checkpoint that is missing, corrupt, or not one this run can continue from."""
 
 
+class FileSystemError(TrainError, OSError):
+    """A file of the run could not be written or read (full disk, read-only, permissions, ...):
+    one line that says what failed, on which path, and what to do. Files written before stay intact."""
+
+
+_FS_ADVICE = {
+    errno.ENOSPC: "the disk is full: free space, then run the command again (with --resume if the run dir has a "
+                  "checkpoint.pt; the last one is intact)",
+    errno.EDQUOT: "the disk quota is used up: free space, then run the command again (with --resume if the run dir "
+                  "has a checkpoint.pt; the last one is intact)",
+    errno.EROFS: "the file system is read-only: choose a --run-dir on a writable one",
+    errno.EACCES: "permission denied: choose a --run-dir you can write to, or fix its permissions",
+    errno.EPERM: "permission denied: choose a --run-dir you can write to, or fix its permissions",
+    errno.ENOENT: "a folder on that path is missing (removed while the run was writing?): choose another --run-dir",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another --run-dir",
+    errno.EEXIST: "a part of that path is a file, not a folder: choose another --run-dir",
+}  # fmt: skip
+
+
+def file_system_error(e: OSError, path: str | os.PathLike | None = None, what: str = "write") -> FileSystemError:
+    """``e`` as one line: ``cannot <what> <path>: <reason>; <what to do>``."""
+    path = e.filename if e.filename is not None else path
+    reason = e.strerror or str(e) or type(e).__name__
+    advice = _FS_ADVICE.get(e.errno, "check the path and the disk, then run the command again")
+    where = f"cannot {what} {path}" if path is not None else "a file operation failed"
+    return FileSystemError(f"{where}: {reason}; {advice}")
+
+
+@contextlib.contextmanager
+def file_errors(path: str | os.PathLike, what: str = "write") -> Iterator[None]:
+    """Inside the block an ``OSError`` becomes a one-line :class:`FileSystemError` naming ``path``."""
+    try:
+        yield
+    except FileSystemError:
+        raise
+    except OSError as e:
+        raise file_system_error(e, path, what) from e
+
+
 # ----------------------------------------------------------------------------------------------
 # Files that are never half-written
 # ----------------------------------------------------------------------------------------------
@@ -78,11 +120,12 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     # open(..., "xb") rather than mkstemp: the file gets the usual permissions (umask), not 0600.
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
     try:
-        with open(tmp, "xb") as f:
+        with file_errors(path), open(tmp, "xb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with file_errors(path):
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -117,16 +160,34 @@ def parse_cell(text: str | None) -> int | float | str | None:
     return text
 
 
-def read_csv(path: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
+def read_csv(path: str | Path, warn: Callable[[str], None] | None = None) -> tuple[list[str], list[dict[str, Any]]]:
     """``(columns, rows)`` of a metrics/timing CSV; each row holds only its non-empty cells. A last
-    line without its newline (a write cut short) is not a row yet and is left out."""
-    text = Path(path).read_text()
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    reader = csv.DictReader(text.splitlines())
-    rows = [{k: v for k, v in ((k, parse_cell(t)) for k, t in row.items() if k is not None) if v is not None}
-            for row in reader]  # fmt: skip
-    return list(reader.fieldnames or []), rows
+    line cut short (no newline, or fewer cells than the header: a kill, a power cut or a full disk
+    during a write) is not a row and is left out, with a warning (``warn(message)``, by default
+    ``warnings.warn``). Any other malformed line is a :class:`RunDirError` naming the file and line."""
+    path = Path(path)
+    with file_errors(path, "read"):
+        text = path.read_text()
+    lines = text.splitlines()
+    header = next(csv.reader(lines[:1]), [])
+    cut = bool(lines) and (not text.endswith("\n") or len(next(csv.reader(lines[-1:]))) != len(header))
+    if cut and len(lines) > 1:
+        (warn or (lambda m: warnings.warn(m, stacklevel=3)))(
+            f"{path}: its last line was cut short (a kill, power cut or full disk during a write) and is left out: {lines[-1][:60]!r}"
+        )
+        lines = lines[:-1]
+    reader = csv.reader(lines)
+    columns = next(reader, [])
+    rows = []
+    for number, cells in enumerate(reader, start=2):
+        if not cells:
+            continue
+        row = {k: v for k, v in ((k, parse_cell(t)) for k, t in zip(columns, cells)) if v is not None}
+        if len(cells) != len(columns) or ("step" in columns and not isinstance(row.get("step"), int)):
+            raise RunDirError(f"{path} is damaged at line {number} ({len(cells)} cells, a step of {row.get('step')!r}); "
+                              "restore the file, or start over with --force")  # fmt: skip
+        rows.append(row)
+    return columns, rows
 
 
 class CsvLog:
@@ -139,15 +200,29 @@ class CsvLog:
 
     def __init__(self, path: Path | None, columns: list[str]):
         self.path, self.columns, self.rows = path, list(columns), []
+        self._read = False
+
+    def read_back(self, resume_step: int) -> None:
+        """Read (writing nothing) the rows up to ``resume_step`` that :meth:`start` will keep; a cut
+        last line, or a missing file, is one line on stderr."""
+        self._read = True
+        if self.path is None:
+            return
+        if not self.path.exists():
+            if resume_step > 0:
+                print(f"warning: {self.path} is missing: the rows up to step {resume_step} are lost; "
+                      "the resumed run writes the rows after it", file=sys.stderr)  # fmt: skip
+            return
+        columns, rows = read_csv(self.path, warn=lambda message: print(f"warning: {message}", file=sys.stderr))
+        self.columns += [c for c in columns if c not in self.columns]
+        self.rows[:] = [r for r in rows if r["step"] <= resume_step]
 
     def start(self, resume_step: int | None) -> None:
         """Begin the file: empty, or (resuming) with the existing rows up to ``resume_step``."""
         if self.path is None:
             return
-        if resume_step is not None and self.path.exists():
-            columns, rows = read_csv(self.path)
-            self.columns += [c for c in columns if c not in self.columns]
-            self.rows = [r for r in rows if r["step"] <= resume_step]
+        if resume_step is not None and not self._read:
+            self.read_back(resume_step)
         self._rewrite()
 
     def append(self, row: dict[str, Any]) -> None:
@@ -159,7 +234,7 @@ class CsvLog:
             self.columns += new
             self._rewrite()
         else:
-            with open(self.path, "a") as f:
+            with file_errors(self.path), open(self.path, "a") as f:
                 f.write(self._line(row))
 
     def _line(self, row: dict[str, Any]) -> str:
@@ -279,6 +354,13 @@ class RunDir:
                 f"{self.path} belongs to another run ({saved['algo']} on {saved['env_id']}, seed {saved['seed']}); "
                 "choose another --run-dir, or pass --force to replace it"
             )
+        if saved is None and not force and self.path.is_dir():
+            foreign = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE and not is_temp_file(p.name))
+            if foreign:  # someone's folder, not a run's: writing metrics.csv there could overwrite their file
+                raise RunDirError(
+                    f"{self.path} holds files ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) but no run "
+                    f"(no {CONFIG_FILE}); choose another --run-dir, or pass --force to write the run there"
+                )
         if not resume:
             # Without a checkpoint there is nothing to lose: a run killed before its first one restarts.
             if not force and self.checkpoint.exists():
@@ -297,6 +379,12 @@ class RunDir:
                     "drop those options or pass --force"
                 )
         checkpoint = load_checkpoint(self.checkpoint)
+        step = checkpoint.get("step", 0)
+        if isinstance(step, int) and step > record["total_steps"]:  # training cannot be undone: refuse, rewrite nothing
+            raise RunDirError(
+                f"{self.path} is at step {step:,} already, past a budget of {record['total_steps']:,} steps; "
+                f"pass --total-steps {step} or more to continue it"
+            )
         if checkpoint.get("algo") != record["algo"]:
             raise CheckpointError(f"{self.checkpoint} holds a {checkpoint.get('algo')} agent, not {record['algo']}")
         for key in ("env_id", "seed"):  # same network sizes would load silently: refuse another run's checkpoint
@@ -307,12 +395,13 @@ class RunDir:
 
     def begin(self, record: dict, resumed: bool) -> None:
         """Write the config; a new run first removes the files of the run it replaces."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        for p in self.path.iterdir():
-            if is_temp_file(p.name) or (not resumed and p in (self.checkpoint, self.status)):
-                p.unlink()
-        if not resumed and self.tensorboard.is_dir():
-            shutil.rmtree(self.tensorboard)
+        with file_errors(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            for p in self.path.iterdir():
+                if is_temp_file(p.name) or (not resumed and p in (self.checkpoint, self.status)):
+                    p.unlink()
+            if not resumed and self.tensorboard.is_dir():
+                shutil.rmtree(self.tensorboard)
         atomic_write(self.config, lambda f: f.write(json.dumps(record, indent=2).encode()))
 
     def save_checkpoint(self, state: dict) -> None:
@@ -349,9 +438,12 @@ class RunDirLock:
     The folder is made if it does not exist (and removed again on release if still empty)."""
 
     def __init__(self, path: Path):
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"{path} is a file, not a folder; choose another --run-dir")
         self.made = not path.exists()
-        path.mkdir(parents=True, exist_ok=True)
-        self.path, self.file = path / LOCK_FILE, open(path / LOCK_FILE, "a+")
+        with file_errors(path, "create" if self.made else "write into"):
+            path.mkdir(parents=True, exist_ok=True)
+            self.path, self.file = path / LOCK_FILE, open(path / LOCK_FILE, "a+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

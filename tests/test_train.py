@@ -413,10 +413,10 @@ def test_cli_device_torch_cannot_use_is_a_one_line_error_before_any_run_dir(caps
         ("qsm", ["--batch-size", "0"], "batch_size (--batch-size) must be an integer >= 1, got 0"),
         ("qsm", ["--T", "0"], "T (--T) must be an integer >= 1"),
         ("qsm", ["--actor-hidden", "128,0"], "actor_hidden (--actor-hidden) must be one or more layer widths >= 1"),
-        ("qsm", ["--prior-std", "nan"], "prior_std (--prior-std) must be >= 0, got nan"),
-        ("qsm", ["--alpha", "0"], "alpha (--alpha) must be > 0"),
+        ("qsm", ["--prior-std", "nan"], "prior_std (--prior-std) must be a finite number >= 0, got nan"),
+        ("qsm", ["--alpha", "0"], "alpha (--alpha) must be a finite number > 0"),
         ("sac", ["--tau", "0"], "tau (--tau) must be in (0, 1]"),
-        ("sac", ["--init-temperature", "-1"], "init_temperature (--init-temperature) must be > 0"),
+        ("sac", ["--init-temperature", "-1"], "init_temperature (--init-temperature) must be a finite number > 0"),
         ("td3", ["--gamma", "1.5"], "gamma (--gamma) must be in [0, 1]"),
         ("td3", ["--actor-delay", "0"], "actor_delay (--actor-delay) must be an integer >= 1"),
         ("qsm", ["--total-steps", "-5"], "total_steps (--total-steps) must be an integer >= 1"),
@@ -545,7 +545,8 @@ def test_a_half_written_last_metrics_line_is_ignored(tmp_path):
     write_fake_run(tmp_path / "run", "sac", 0, {0: 1.0, 10: 3.0})
     with open(tmp_path / "run/metrics.csv", "a") as f:
         f.write("20,ev")  # a kill mid-write: no newline
-    run = results.load_run(tmp_path / "run")
+    with pytest.warns(UserWarning, match="last line was cut short.*'20,ev'"):
+        run = results.load_run(tmp_path / "run")
     assert list(run.metrics["step"]) == [0, 10, 7] and list(run.curve()[1]) == [1.0, 3.0]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import numbers
 from contextlib import contextmanager
 from dataclasses import field, replace
@@ -35,6 +36,8 @@ def resolve_device(device: str) -> torch.device:
         resolved = torch.device(device)
     except RuntimeError:
         raise ValueError(f"device {device!r} is not a torch device: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):  # mps, meta, xpu, ...: untested here, or (meta) no data at all
+        raise ValueError(f"device {device!r}: this package trains on cpu or cuda only; use auto, cpu, cuda or cuda:N")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__}); use auto or cpu")
     return resolved
@@ -46,6 +49,7 @@ POSITIVE_INTS = ("batch_size", "buffer_size", "T", "langevin_steps", "action_can
 NON_NEGATIVE = ("warmup_steps", "actor_lr_decay_steps", "exploration_noise", "target_noise", "target_noise_clip",
                 "temperature", "denoise_weight", "prior_std")  # fmt: skip
 POSITIVE = ("actor_lr", "critic_lr", "temperature_lr", "init_temperature", "alpha", "langevin_step_size")
+FINITE = ("target_entropy_per_dim",)
 
 
 def is_count(value) -> bool:
@@ -77,11 +81,14 @@ def check_config(cfg) -> None:
         if not is_count(value):
             raise bad(name, "an integer >= 1")
     for name in fields & set(NON_NEGATIVE):
-        if not getattr(cfg, name) >= 0:  # (also refuses NaN)
-            raise bad(name, ">= 0")
+        if not 0 <= getattr(cfg, name) < math.inf:  # (also refuses NaN)
+            raise bad(name, "a finite number >= 0")
     for name in fields & set(POSITIVE):
-        if not getattr(cfg, name) > 0:
-            raise bad(name, "> 0")
+        if not 0 < getattr(cfg, name) < math.inf:
+            raise bad(name, "a finite number > 0")
+    for name in fields & set(FINITE):
+        if not -math.inf < getattr(cfg, name) < math.inf:
+            raise bad(name, "a finite number")
     if not 0 <= cfg.gamma <= 1:
         raise bad("gamma", "in [0, 1]")
     if not 0 < cfg.tau <= 1:

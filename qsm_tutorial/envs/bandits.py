@@ -107,10 +107,12 @@ class Bandit2D(gym.Env):
         except Exception as e:  # the user's function: say which one failed and how to call it
             raise ValueError(f"reward_fn of bandit {self.name!r} failed on a [25, 2] tensor of actions: {e}") from e
         if not isinstance(out, Tensor) or out.shape != probe.shape[:-1]:
-            shape = getattr(out, "shape", type(out).__name__)
+            got = f"a {type(out).__module__.split('.')[0]}.{type(out).__name__}"
+            if hasattr(out, "shape"):
+                got += f" of shape {tuple(out.shape)}"
             raise ValueError(
-                f"reward_fn of bandit {self.name!r} must map actions [..., 2] to rewards [...] "
-                f"(a torch tensor); for a [25, 2] input it returned {shape}, expected (25,)"
+                f"reward_fn of bandit {self.name!r} must map actions [..., 2] to rewards [...] as torch tensors; "
+                f"for a [25, 2] input it returned {got}, expected a torch.Tensor of shape (25,)"
             )
         if not torch.isfinite(out).all():
             raise ValueError(f"reward_fn of bandit {self.name!r} returned non-finite values on [-1, 1]^2")
