@@ -19,10 +19,15 @@ run's random streams untouched. ``eval_return`` is the mean undiscounted return 
 Runs on disk: see :mod:`qsm_tutorial.storage`. A checkpoint is written every ``checkpoint_every``
 steps, at the end, on SIGINT/SIGTERM (the current step finishes first; a second signal stops at
 once) and when ``on_step`` returns False. Resuming restores networks, optimisers, replay buffer and
-RNG states, drops the metric rows logged after the checkpoint, and starts a fresh training episode
-from a reset seeded by the step: the episode the interruption cut stays in the buffer as if a time
-limit had ended it. A resumed run is therefore reproducible, but not bit-identical to an
-uninterrupted one.
+RNG states and the update metrics not yet logged, drops the metric rows logged after the checkpoint,
+and continues the training episode the interruption cut: the env is reset as that episode began
+(its seed, or the env's random state before its reset, both in the checkpoint) and the episode's
+actions, the last ones in the replay buffer, are replayed, each observation checked against the
+stored one. A resumed run's ``metrics.csv`` is then byte-identical to the uninterrupted run's (same
+machine, same thread count). An env that does not replay exactly (non-deterministic physics, a
+buffer shorter than the episode) starts a fresh episode from a reset seeded by the step instead,
+with one line saying so: the cut episode stays in the buffer as if a time limit had ended it, and
+the run is reproducible but no longer identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -207,6 +212,42 @@ def set_rng_state(state: dict, action_space: gym.Space) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     action_space.np_random.bit_generator.state = state["action_space"]
+
+
+def _env_rng(env: gym.Env):
+    unwrapped = env.unwrapped
+    if type(unwrapped).np_random is not gym.Env.np_random:  # e.g. shimmy's dm_control env: the task's RandomState
+        return unwrapped.np_random
+    return getattr(unwrapped, "_np_random", None)  # (gymnasium's np_random property would make an unseeded one)
+
+
+def env_rng_state(env: gym.Env) -> dict:
+    """The random state an env's next ``reset()`` draws from: a Gymnasium env's ``np_random``
+    (a Generator), or dm_control's task ``RandomState`` (shimmy's ``np_random``); empty if none."""
+    try:
+        rng = _env_rng(env)
+    except Exception:  # a user's env with an np_random of its own kind: resume then starts a fresh episode
+        return {}
+    if isinstance(rng, np.random.Generator):
+        return {"generator": rng.bit_generator.state}
+    if isinstance(rng, np.random.RandomState):
+        state = rng.get_state(legacy=False)
+        state["state"]["key"] = torch.from_numpy(state["state"]["key"].astype(np.int64))
+        return {"random_state": state}
+    return {}
+
+
+def set_env_rng_state(env: gym.Env, state: dict) -> None:
+    """Put back what :func:`env_rng_state` returned."""
+    rng = _env_rng(env)
+    if "generator" in state and isinstance(rng, np.random.Generator):
+        rng.bit_generator.state = state["generator"]
+    elif "random_state" in state and isinstance(rng, np.random.RandomState):
+        saved = copy.deepcopy(state["random_state"])
+        saved["state"]["key"] = saved["state"]["key"].numpy().astype(np.uint32)
+        rng.set_state(saved)
+    elif state:
+        raise ValueError("the env's random generator is not the one the checkpoint saved")
 
 
 def first_nonfinite(tree: Any, prefix: str = "") -> str | None:
@@ -486,6 +527,7 @@ class Lane:
     window: dict = field(default_factory=dict)
     state_dict: Callable[[], dict] | None = None  # the agent's state (a stacked model's slice for several seeds)
     lock: Any = None  # the run dir's lock (storage.RunDirLock), released by close()
+    episode_start: dict | None = None  # how the current training episode began: {"seed": s} or {"rng": env's state}
 
     @property
     def agent(self):
@@ -501,6 +543,7 @@ class Lane:
             self.episodes += 1
             self.metrics.append({"step": step, "event": "episode", "episode": self.episodes,
                                  "episode_return": self.episode_return, "episode_length": self.episode_length})  # fmt: skip
+            self.episode_start = {"rng": env_rng_state(self.env)}  # (before the reset draws from it)
             self.obs, _ = self.env.reset()
             self.episode_return, self.episode_length = 0.0, 0
 
@@ -540,8 +583,43 @@ class Lane:
             "format": CHECKPOINT_FORMAT, "algo": self.agent.algo, "env_id": run.env_id, "seed": run.seed, "step": step,
             "total_steps": run.total_steps, "episodes": self.episodes, "updates": self.updates, "agent": agent_state,
             "replay": self.buffer.state_dict(), "rng": rng_state(self.env.action_space),
+            "episode": {"length": self.episode_length, **(self.episode_start or {})}, "window": self.window,
         })  # fmt: skip
         self.saved_step = step
+
+    def resume_episode(self, saved: dict | None, step: int) -> None:
+        """Continue the training episode that the checkpoint at ``step`` cut: reset the env as that
+        episode began (its seed, or the env's random state before its reset) and replay its actions,
+        the last ones of the replay buffer, checking each observation against the stored one. An env
+        that does not replay exactly (or a checkpoint without the record) starts a fresh episode from
+        a reset seeded by the step, with one line saying so."""
+        seed = self.run.seed
+        if saved and "length" in saved and saved["length"] <= len(self.buffer) and ("seed" in saved or "rng" in saved):
+            try:
+                if "seed" in saved:
+                    obs, _ = self.env.reset(seed=saved["seed"])
+                else:
+                    set_env_rng_state(self.env, saved["rng"])
+                    obs, _ = self.env.reset()
+                episode_return, exact = 0.0, True
+                for i in range(saved["length"]):
+                    j = (self.buffer.pos - saved["length"] + i) % self.buffer.capacity
+                    obs, reward, terminated, truncated, _ = self.env.step(self.buffer.action[j].copy())
+                    episode_return += float(reward)
+                    if terminated or truncated or not np.array_equal(np.asarray(obs, np.float32), self.buffer.next_obs[j]):
+                        exact = False
+                        break
+            except (TypeError, ValueError, KeyError, AttributeError):
+                exact = False
+            if exact:
+                self.obs, self.episode_return, self.episode_length = obs, episode_return, saved["length"]
+                self.episode_start = {k: v for k, v in saved.items() if k != "length"}
+                return
+            tqdm.write(f"note: the env did not replay the episode the checkpoint cut ({saved['length']} steps in); "
+                       f"a fresh training episode starts at step {step:,}", file=sys.stderr)  # fmt: skip
+        fresh = derived_seed(seed, RESUME_STREAM, step)
+        self.obs, _ = self.env.reset(seed=fresh)
+        self.episode_start, self.episode_return, self.episode_length = {"seed": fresh}, 0.0, 0
 
     def close(self) -> None:
         self.metrics.close()
@@ -619,7 +697,11 @@ def open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset
         try:
             if start == 0:
                 lane.evaluate(0)
-            lane.obs, _ = env.reset(seed=seed if start == 0 else derived_seed(seed, RESUME_STREAM, start))
+                lane.obs, _ = env.reset(seed=seed)
+                lane.episode_start = {"seed": seed}
+            else:
+                lane.window = {k: list(v) for k, v in checkpoint.get("window", {}).items()}
+                lane.resume_episode(checkpoint.get("episode"), start)
         except BaseException:
             lane.close()
             raise

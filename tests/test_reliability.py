@@ -463,3 +463,26 @@ def test_p1_a_second_process_on_a_run_dir_is_refused_and_the_first_finishes(tmp_
     rows = metric_rows(run_dir)
     assert len(rows) == len(set(rows)) and rows[0] == (0, "eval")
     assert json.loads((run_dir / "config.json").read_text())["seed"] == 0 and load_checkpoint(run_dir / "checkpoint.pt")["seed"] == 0
+
+
+# ------------------------------------------------------------------------------ resume is exact
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id", ["dmc/cartpole-balance", "InvertedPendulum-v5"])
+def test_a_crashed_and_resumed_run_writes_the_uninterrupted_runs_metrics(tmp_path, env_id):
+    """Item 8: the crash comes 20 steps after the checkpoint at 150, mid-episode (100-step DMC
+    episodes; the pendulum's end when it falls) and mid-window (rows every 40 steps)."""
+    def make():
+        return qsm_tutorial.envs.make(env_id, max_episode_steps=100) if env_id.startswith("dmc/") else env_id
+
+    def crash(run):
+        if run.step == 170:
+            raise RuntimeError("crash")
+
+    kw = dict(checkpoint_every=50, log_every=40)
+    train(make(), total_steps=330, run_dir=tmp_path / "a", **kw)
+    with pytest.raises(RuntimeError, match="crash"):
+        train(make(), total_steps=330, run_dir=tmp_path / "b", on_step=crash, **kw)
+    assert load_checkpoint(tmp_path / "b/checkpoint.pt")["step"] == 150
+    train(make(), total_steps=330, run_dir=tmp_path / "b", resume=True, **kw)
+    a, b = (tmp_path / "a/metrics.csv").read_text(), (tmp_path / "b/metrics.csv").read_text()
+    assert a == b and a.count(",episode,") >= 3
