@@ -334,6 +334,14 @@ def test_i_values_no_run_can_use_are_one_line_and_write_nothing(capsys, tmp_path
     assert not run_dir.exists()
 
 
+def test_i13_a_run_that_diverges_before_its_first_checkpoint_does_not_name_one(capsys, tmp_path):
+    status, _, err = run_cli(capsys, "--env", "bandit/four-gaussians", "--run-dir", tmp_path / "run", "--alpha", "1e38",
+                             "--total-steps", "400", "--warmup-steps", "50", "--batch-size", "32", "--actor-hidden", "16,16",
+                             "--critic-hidden", "16,16", "--eval-episodes", "1", "--no-progress")  # fmt: skip
+    assert_one_line_error(status, err, "the run stopped; no checkpoint had been written yet (every 10,000 steps)")
+    assert not (tmp_path / "run/checkpoint.pt").exists()
+
+
 # ------------------------------------------------------------------------------ A: the Python API
 class UserEnv(gym.Env):
     """A user's one-step env: reward = the action's first coordinate; it records what it is given."""
@@ -404,6 +412,16 @@ def test_a5_a_reward_fn_returning_numpy_says_so():
 def test_c17_resuming_a_seeds_root_names_the_per_seed_command(capsys, tmp_path):
     status, _, err = run_cli(capsys, "--run-dir", tmp_path, "--seeds", "0,1", "--resume")
     assert_one_line_error(status, err, f"continue each seed alone: --run-dir {tmp_path}/seed<k> --resume")
+
+
+def test_c16_a_signal_to_a_seeds_run_names_every_seeds_dir(capsys, tmp_path):
+    from qsm_tutorial.cli import _report
+    from qsm_tutorial.loop import Run
+
+    runs = [Run(None, None, "E-v0", k, run_dir=str(tmp_path / f"seed{k}"), step=900, stop_reason="SIGTERM") for k in (0, 1)]
+    assert _report(runs) == 143
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path}/seed0, {tmp_path}/seed1" in err and "--run-dir <that dir> --resume" in err
 
 
 # ------------------------------------------------------------------------------ L: results.load_runs
