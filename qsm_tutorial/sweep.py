@@ -244,9 +244,28 @@ def start_ray(address: str | None, quiet: bool = True):
     except ImportError:
         raise SweepConflict("qsm-sweep needs Ray: pip install -e '.[sweep]' (or use --print-commands)") from None
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, include_dashboard=False if address == "local" else None, log_to_driver=not quiet,
-             logging_level="ERROR", configure_logging=True)  # fmt: skip
+    check_reachable(address)
+    try:
+        ray.init(address=address, include_dashboard=False if address == "local" else None, log_to_driver=not quiet,
+                 logging_level="ERROR", configure_logging=True)  # fmt: skip
+    except Exception as e:  # (Ray raises ConnectionError when no cluster answers, a bare Exception when its node times out)
+        where = "a private Ray on this machine" if address == "local" else f"the Ray cluster at {address}"
+        raise SweepConflict(f"could not start or reach {where} ({' '.join(str(e).split())[:200]}); "
+                            "retry when the machine is less busy, or run the trials with --print-commands") from None
     return ray
+
+
+def check_reachable(address: str) -> None:
+    """A ``host:port`` that answers no TCP connection is refused at once (Ray would retry for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or "://" in address or not port.isdigit():
+        return  # "local", "auto", "ray://...": Ray's own business
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise SweepConflict(f"no Ray cluster answers at {address} ({e.strerror or e}); check --address or $RAY_ADDRESS") from None
 
 
 def check_shared_file_system(ray, runs_root: Path) -> None:

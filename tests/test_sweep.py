@@ -188,3 +188,11 @@ def test_a_sweep_killed_midway_resumes_every_trial_exactly_once(tmp_path):
     assert record["algos"] == ["qsm", "td3"] and record["seeds"] == [0, 1] and record["qsm_tutorial"] == qsm_tutorial.__version__
     again = sweep_cli(*grid_args(root), timeout=120)
     assert again.returncode == 0 and "4 complete" in again.stderr, again.stderr
+
+
+def test_an_address_no_cluster_answers_is_one_line(tmp_path):
+    pytest.importorskip("ray")
+    done = sweep_cli("--algos", "qsm", "--envs", ENV, "--runs-root", str(tmp_path), "--total-steps", "100",
+                     "--address", "127.0.0.1:1", timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "no Ray cluster answers at 127.0.0.1:1" in done.stderr, done.stderr
+    assert not (tmp_path / ENV).exists()  # no trial started
