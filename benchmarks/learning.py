@@ -16,7 +16,9 @@ every run.
 Writes:
 - ``benchmarks/results/learning_<env>.csv``: one row per (algo, seed, evaluation step);
 - ``benchmarks/results/learning_<env>_summary.csv``: per run the final and best evaluation
-  return, the first step reaching ``--threshold``, and the median training throughput;
+  return, the first step reaching ``--threshold``, the median training throughput, the last update
+  metrics (``actor_loss``, ``grad_q_norm``: mean of the last 5 train rows) and the final policy's share
+  of samples at ±1 at the first state (from the run's checkpoint);
 - ``figures/learning_<env>.png``: mean over seeds with a min-max band, one colour per algorithm.
 
 Protocol (the CLI's): evaluation at step 0, every ``--eval-every`` steps and at the end, over
@@ -36,9 +38,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from qsm_tutorial import sweep, viz  # noqa: E402
+import torch  # noqa: E402
+
+from qsm_tutorial import envs, sweep, viz  # noqa: E402
 from qsm_tutorial.algos.common import count_argument  # noqa: E402
-from qsm_tutorial.results import RunResult, curves_from_runs, load_run  # noqa: E402
+from qsm_tutorial.results import RunResult, curves_from_runs, load_agent, load_run  # noqa: E402
 
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
@@ -89,6 +93,26 @@ def first_step_reaching(run: RunResult, threshold: float) -> int | None:
     return int(steps[hit[0]]) if len(hit) else None
 
 
+def last_train_mean(run: RunResult, key: str, rows: int = 5) -> str:
+    """Mean of ``key`` over the run's last ``rows`` train rows ("" when the algorithm logs no such metric)."""
+    values = run.events("train").get(key)
+    return f"{np.nanmean(values[-rows:]):.4g}" if values is not None and len(values) else ""
+
+
+def saturation_at_start(run: RunResult, n: int = 1000) -> str:
+    """Share of ``n`` policy samples at the env's first state (reset seed = the run's) with |a| >= 0.99
+    in some coordinate: how bang-bang the final policy is ("" if the run has no checkpoint)."""
+    try:
+        agent = load_agent(run.run_dir)
+    except Exception:  # (an unfinished or foreign run: the report goes on without this column)
+        return ""
+    with envs.make(run.env_id) as env:
+        obs, _ = env.reset(seed=run.seed)
+    torch.manual_seed(run.seed)
+    a = agent.sample_actions(obs, n).cpu().numpy().reshape(n, -1)
+    return f"{np.mean(np.abs(a).max(axis=1) >= 0.99):.2f}"
+
+
 def write_csvs(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> tuple[Path, Path]:
     """``runs``: {label: its runs over seeds}; the label is the ``algo`` column."""
     out = Path(args.out)
@@ -106,13 +130,15 @@ def write_csvs(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> tu
     with open(summary, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["env", "algo", "seed", "total_steps", "final_eval_return", "best_eval_return",
-                    f"first_step_at_{args.threshold:g}", "eval_episodes", "median_steps_per_s"])
+                    f"first_step_at_{args.threshold:g}", "eval_episodes", "median_steps_per_s", "final_actor_loss",
+                    "final_grad_q_norm", "saturation_at_start"])  # fmt: skip
         for label, r in labelled(runs):
             steps, values = r.curve("eval_return")
             sps = r.timing.get("steps_per_s", np.array([np.nan]))
             w.writerow([r.env_id, label, r.seed, int(steps[-1]), f"{values[-1]:.2f}", f"{values.max():.2f}",
                         first_step_reaching(r, args.threshold) or "", r.config["loop"]["eval_episodes"],
-                        f"{np.median(sps):.1f}"])
+                        f"{np.median(sps):.1f}", last_train_mean(r, "actor_loss"), last_train_mean(r, "grad_q_norm"),
+                        saturation_at_start(r)])  # fmt: skip
     return curves, summary
 
 
