@@ -196,3 +196,27 @@ def test_an_address_no_cluster_answers_is_one_line(tmp_path):
                      "--address", "127.0.0.1:1", timeout=120)  # fmt: skip
     assert done.returncode == 2 and "no Ray cluster answers at 127.0.0.1:1" in done.stderr, done.stderr
     assert not (tmp_path / ENV).exists()  # no trial started
+
+
+@pytest.mark.slow
+def test_a_trial_whose_worker_is_killed_is_started_again_and_resumes(tmp_path):
+    pytest.importorskip("ray")
+    root = tmp_path / "swept"
+    args = ["--algos", "qsm", "--envs", ENV, "--seeds", "0", "--total-steps", "600", "--runs-root", str(root), *FLAGS]
+    (trial,) = sweep.grid(["qsm"], [ENV], [0], root, FLAGS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "qsm_tutorial.sweep", *args], env=env, cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not ((s := RunDir(trial.run_dir).read_status()) and 100 <= s["step"] < 600):
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
+        time.sleep(0.2)
+    worker = int(sweep.lock_holder(trial.run_dir).split()[1])  # "pid N on host since ..."
+    os.kill(worker, signal.SIGKILL)
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 0, err
+    assert RunDir(trial.run_dir).read_status()["complete"]
+    log = sweep.log_path(trial).read_text()
+    assert log.count("qsm-train --algo qsm") == 2 and "resuming qsm" in log, log  # Ray started it again; it resumed
+    steps = [int(r.split(",")[0]) for r in eval_rows(trial.run_dir)]
+    assert steps == sorted(set(steps)) and steps[-1] == 600
