@@ -36,9 +36,16 @@ GRID = ["--algos", "qsm,td3", "--envs", "bandit/four-gaussians", "--seeds", "0-1
 
 
 def ray_process_rss_mib() -> float:
-    """Resident memory of every Ray process (gcs, raylet, agents, idle workers), from ps."""
-    out = subprocess.run(["ps", "-eo", "rss,args"], capture_output=True, text=True).stdout.splitlines()[1:]
-    return sum(int(line.split(None, 1)[0]) for line in out if "ray" in line.split(None, 1)[1] and "sweep_overhead" not in line) / 1024
+    """Resident memory of the private Ray this process started (gcs, raylet, agents, idle workers:
+    all descendants of this process), from /proc via ps."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,rss"], capture_output=True, text=True).stdout.splitlines()[1:]
+    table = [tuple(int(x) for x in line.split()) for line in out]
+    mine, grew = {os.getpid()}, True
+    while grew:
+        new = {pid for pid, ppid, _ in table if ppid in mine} - mine
+        mine |= new
+        grew = bool(new)
+    return sum(rss for pid, _, rss in table if pid in mine and pid != os.getpid()) / 1024
 
 
 def start_up_and_trial_overhead() -> tuple[float, float, float]:
