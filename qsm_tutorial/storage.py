@@ -460,10 +460,16 @@ class RunDirLock:
     def release(self) -> None:
         if self.file.closed:
             return
-        self.path.unlink(missing_ok=True)
+        try:  # (the folder may be gone, or read-only: releasing never hides the error that ended the run)
+            self.path.unlink(missing_ok=True)  # before the flock is freed: no other writer can lock this file
+        except OSError:
+            pass
         self.file.close()  # (closing frees the flock)
-        if self.made and not any(self.path.parent.iterdir()):
-            self.path.parent.rmdir()
+        try:
+            if self.made and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()
+        except OSError:
+            pass
 
     def __enter__(self) -> "RunDirLock":
         return self

@@ -311,6 +311,18 @@ def test_a_run_dir_under_a_file_is_one_line(capsys, tmp_path):
     assert (tmp_path / "afile").read_text() == "mine"
 
 
+def test_f_a_run_dir_removed_while_the_run_writes_is_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+
+    def remove(run):
+        if run.step == 60:
+            shutil.rmtree(run_dir)
+
+    with pytest.raises(storage.FileSystemError, match="a folder on that path is missing") as info:
+        train(total_steps=200, run_dir=run_dir, on_step=remove, checkpoint_every=50)
+    assert str(run_dir) in str(info.value) and "\n" not in str(info.value)
+
+
 # ------------------------------------------------------------------------------ I: command-line input
 @pytest.mark.parametrize(
     ("flags", "message"),
