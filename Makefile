@@ -32,9 +32,9 @@ test-fast: install  ## unit tests only (no notebooks, no slow training)
 bench: install  ## throughput benchmark (prints a table)
 	$(BIN)/python benchmarks/throughput.py
 
-browser-test: install  ## JupyterLab + headless Chromium run notebooks 02 and 04 and move each explorer's slider (screenshots in figures/browser/)
+browser-test: install  ## JupyterLab + headless Chromium run notebooks 02 and 04 and move each explorer's slider (screenshots in _build/browser/, which git ignores)
 	bash scripts/install_browser.sh $(BIN)/python
-	$(BIN)/python scripts/browser_test.py --out figures/browser
+	$(BIN)/python scripts/browser_test.py --out _build/browser
 
 .PHONY: site site-check
 # The site's build must need no network: where the machine allows it, it runs in a network namespace

@@ -1,6 +1,7 @@
 """A browser test of the course's two explorers: JupyterLab + headless Chromium (Selenium).
 
-    python scripts/browser_test.py --out figures/browser       # or: make browser-test
+    python scripts/browser_test.py --out _build/browser        # or: make browser-test (git ignores _build/)
+    python scripts/browser_test.py --out figures/browser       # refresh the screenshots committed for the README
     python scripts/browser_test.py --explorers bandit          # one of them
 
 The explorers (``--explorers``, default both, in this order):
@@ -429,7 +430,7 @@ def parse_explorers(text: str) -> list[ExplorerCase]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=ROOT / "figures" / "browser", help="folder of the screenshots (default figures/browser)")
+    p.add_argument("--out", type=Path, default=ROOT / "_build" / "browser", help="folder of the screenshots (default _build/browser, which git ignores)")
     p.add_argument("--explorers", type=parse_explorers, default=list(EXPLORERS.values()), help=f"which explorers, comma-separated (default: all, {','.join(EXPLORERS)})")
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed for running every cell of a notebook (default 600)")
     p.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))
