@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gymnasium as gym
-import torch
 
 from . import algos, envs
 from .algos.common import cli_flag, count_argument
-from .loop import DEFAULT_TOTAL_STEPS, LOOP_FIELDS, PRESETS, LoopConfig, Run, make_config, preset_for, resume_fields, train, train_seeds
+from .loop import DEFAULT_THREADS, DEFAULT_TOTAL_STEPS, LOOP_FIELDS, PRESETS, LoopConfig, Run, make_config, preset_for, resume_fields, train, train_seeds
 from .storage import RunDir, RunDirError, TrainError, file_system_error
 
 
@@ -97,7 +96,7 @@ def build_parser(algo: str, env_id: str | None = None, preset: str | None = None
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--preset", choices=PRESETS, help="named config: paper (the paper's), bandit or control "
                      "(this package's deviations, documented with each algorithm's PRESETS; default: bandit for bandit/ envs, control otherwise)")  # fmt: skip
-    run.add_argument("--threads", type=count_argument, help="torch CPU threads, recorded in config.json and kept on --resume; 1 is fastest for small networks on a busy machine (default: torch's)")
+    run.add_argument("--threads", type=count_argument, help=f"torch CPU threads, recorded in config.json and kept on --resume (default: {DEFAULT_THREADS}; small networks gain little from more, and lose much when the machine is busy)")
     add_config_arguments(parser, loop, "loop" + (f" (values shown: {source})" if saved else ""))
     add_config_arguments(parser, config, f"{algo} config (values shown: {source})")
     return parser
@@ -164,9 +163,7 @@ def parse_cli(argv: list[str] | None = None) -> dict:
             raise RunDirError(f"nothing to resume in {known.run_dir}: it has no config.json; "
                               "pass --env (and --algo) to start a new run there")  # fmt: skip
         raise RunDirError("--env is required (or --run-dir with --resume)")
-    threads = args.pop("threads") or (saved or {}).get("threads")  # a resumed run keeps its thread count
-    if threads is not None:
-        torch.set_num_threads(threads)
+    args["threads"] = args["threads"] or (saved or {}).get("threads")  # a resumed run keeps its thread count
     seeds = args.pop("seeds")
     if seeds is not None:
         if args["resume"] or args["seed"] is not None:

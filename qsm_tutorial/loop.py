@@ -788,6 +788,31 @@ def run_lanes(lanes: list[Lane], stack=None, progress: bool = True, on_step=None
                 break
 
 
+DEFAULT_THREADS = 1  # torch CPU threads of a run unless asked: the package's networks are small, and a
+# second thread fights any other work on a shared machine (docs/performance.md, "Threads")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None, store_path: str | os.PathLike | None = None, resume: bool | str = False) -> Iterator[int]:
+    """Run the block with ``threads`` torch CPU threads: as asked, else (resuming) the run's saved
+    count, else ``DEFAULT_THREADS``; the caller's setting comes back afterwards. A result depends on
+    the count (summation order), which ``config.json`` records."""
+    if threads is None and resume and store_path is not None:
+        try:
+            threads = (RunDir(store_path).saved_config() or {}).get("threads")
+        except RunDirError:
+            threads = None  # (prepare() says what is wrong with the folder)
+    threads = DEFAULT_THREADS if threads is None else threads
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
+
+
 def train(
     env_or_id: str | gym.Env,
     algo: str = "qsm",
@@ -800,6 +825,7 @@ def train(
     progress: bool = True,
     preset: str | None = None,
     on_step: Callable[[Run], bool | None] | None = None,
+    threads: int | None = None,
     **overrides,
 ) -> Run:
     """Train ``algo`` on an env for ``total_steps`` environment steps and return a :class:`Run`.
@@ -819,13 +845,15 @@ def train(
     the signal. ``on_step(run)``, if given, is called after every env step and its updates
     (``run.step``, ``run.agent.n_updates`` tell where the run is); returning ``False`` stops the run
     there, checkpointed, with ``stop_reason = "callback"`` (as Stable-Baselines3 callbacks do).
+    ``threads``: torch CPU threads for the run (default: a resumed run's own, else ``DEFAULT_THREADS``).
     """
-    lane = open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset, overrides, contextlib.nullcontext())
-    try:
-        run_lanes([lane], progress=progress, on_step=on_step)
-        return lane.run
-    finally:
-        lane.close()
+    with torch_threads(threads, run_dir, resume):
+        lane = open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset, overrides, contextlib.nullcontext())
+        try:
+            run_lanes([lane], progress=progress, on_step=on_step)
+            return lane.run
+        finally:
+            lane.close()
 
 
 def train_seeds(
@@ -838,6 +866,7 @@ def train_seeds(
     force: bool = False,
     progress: bool = True,
     preset: str | None = None,
+    threads: int | None = None,
     **overrides,
 ) -> list[Run]:
     """Train one agent per seed on ``env_id`` side by side in this process, in lockstep; a list of
@@ -851,22 +880,23 @@ def train_seeds(
         raise ValueError(f"seeds must be distinct non-negative integers, got {seeds}")
     if not isinstance(env_id, str):
         raise TypeError(f"train_seeds takes an env id (a string), got {type(env_id).__name__}")
-    lanes: list[Lane] = []
-    stack = None
-    try:
-        for seed in seeds:
-            run_dir = Path(run_root) / f"seed{seed}" if run_root is not None else None
-            lanes.append(open_lane(env_id, algo, total_steps, seed, run_dir, False, force, preset, overrides, SeedRandomState()))
-        if algo == "qsm" and len(lanes) > 1:
-            from .algos.seeds import QSMSeeds
+    with torch_threads(threads):
+        lanes: list[Lane] = []
+        stack = None
+        try:
+            for seed in seeds:
+                run_dir = Path(run_root) / f"seed{seed}" if run_root is not None else None
+                lanes.append(open_lane(env_id, algo, total_steps, seed, run_dir, False, force, preset, overrides, SeedRandomState()))
+            if algo == "qsm" and len(lanes) > 1:
+                from .algos.seeds import QSMSeeds
 
-            stack = QSMSeeds([lane.agent for lane in lanes])
-            for k, lane in enumerate(lanes):
-                lane.state_dict = lambda k=k: stack.state_dict(k)
-        run_lanes(lanes, stack, progress)
-        return [lane.run for lane in lanes]
-    finally:
-        if stack is not None:
-            stack.release()
-        for lane in lanes:
-            lane.close()
+                stack = QSMSeeds([lane.agent for lane in lanes])
+                for k, lane in enumerate(lanes):
+                    lane.state_dict = lambda k=k: stack.state_dict(k)
+            run_lanes(lanes, stack, progress)
+            return [lane.run for lane in lanes]
+        finally:
+            if stack is not None:
+                stack.release()
+            for lane in lanes:
+                lane.close()

@@ -293,7 +293,8 @@ def test_cli_trains_and_resume_takes_the_saved_config(tmp_path, capsys):
     torch.set_num_threads(2)  # the shell's default differs from what the run chose
     try:
         assert main(["--run-dir", str(run_dir), "--resume", "--total-steps", "150", "--no-progress"]) == 0
-        assert torch.get_num_threads() == 1  # --resume took the saved thread count (a result depends on it)
+        assert json.loads((run_dir / "config.json").read_text())["threads"] == 1  # --resume took the saved count
+        assert torch.get_num_threads() == 2  # and gave the caller's back
     finally:
         torch.set_num_threads(1)
     assert "sac on InvertedPendulum-v5, seed 0: 150 steps" in capsys.readouterr().out
@@ -584,3 +585,19 @@ def test_a_resume_and_a_budget_inside_the_warm_up_are_announced_in_one_line(caps
     assert err.count("\n") == 1 and "80 steps do not pass the warm-up (100 random steps" in err
     train(total_steps=150, warmup_steps=100)
     assert "warm-up" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("asked, used", [(None, 1), (2, 2)])
+def test_train_runs_with_one_thread_unless_asked_and_restores_the_callers(asked, used):
+    """The default suits a shared machine (one thread for these small networks); the caller's
+    setting is untouched afterwards; a bad count is one line."""
+    seen = []
+    torch.set_num_threads(2 if asked is None else 1)
+    try:
+        before = torch.get_num_threads()
+        train(total_steps=110, threads=asked, on_step=lambda run: seen.append(torch.get_num_threads()))
+        assert set(seen) == {used} and torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(1)
+    with pytest.raises(ValueError, match="threads must be a whole number >= 1"):
+        train(total_steps=110, threads=0)
