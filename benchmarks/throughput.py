@@ -273,7 +273,7 @@ def section_loop(device, rounds: int, warmup: int, log_every: int, windows: int,
     for r in range(rounds):
         run = qsm_tutorial.train("dmc/cheetah-run", "qsm", total_steps=warmup + log_every * (windows + 1), seed=r, progress=False,
                                  device=str(device), preset="paper", compile=setting, warmup_steps=warmup, eval_every=10**9,
-                                 eval_episodes=1, log_every=log_every)  # fmt: skip
+                                 eval_episodes=1, log_every=log_every, threads=torch.get_num_threads())  # fmt: skip
         # whole windows of training steps; the first one after the warm-up (start-up, compilation) is left out
         w = [row["steps_per_s"] for row in run.timing if row["step"] > warmup + log_every]
         all_windows += w
@@ -320,7 +320,8 @@ def section_multiseed(device, reps: int, compiled_64: bool, loop_steps: int) -> 
     from qsm_tutorial.loop import train_seeds
 
     kw = dict(total_steps=300 + loop_steps, warmup_steps=300, preset="paper", actor_hidden=(64, 64), critic_hidden=(64, 64), compile="off",
-              eval_every=10**9, eval_episodes=1, log_every=max(1, loop_steps // 5), progress=False, device=str(device))  # fmt: skip
+              eval_every=10**9, eval_episodes=1, log_every=max(1, loop_steps // 5), progress=False, device=str(device),
+              threads=torch.get_num_threads())  # fmt: skip
     rates: dict[int, list[float]] = {1: [], 4: []}
     for _ in range(2):
         for S in (1, 4):
@@ -358,7 +359,7 @@ def section_memory(steps: int, threads: int = 1) -> dict:
     w0 = time.perf_counter()
     run = qsm_tutorial.train("dmc/cheetah-run", "qsm", total_steps=steps, seed=0, progress=False, warmup_steps=min(1000, steps // 2),
                              actor_hidden=(32, 32), critic_hidden=(32, 32), batch_size=64, buffer_size=steps // 4,
-                             eval_every=10**9, eval_episodes=1, log_every=max(1, steps // 20))  # fmt: skip
+                             eval_every=10**9, eval_episodes=1, log_every=max(1, steps // 20), threads=torch.get_num_threads())  # fmt: skip
     wall = time.perf_counter() - w0
     done.set()
     thread.join()
