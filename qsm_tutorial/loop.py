@@ -708,10 +708,15 @@ def open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset
     return lane
 
 
+QUIET_BELOW_STEPS = 2_000  # runs this short take seconds to redo: no note that a crash would lose them
+
+
 def announce(run: Run, config, loop: LoopConfig, resumed: bool, budget_was: int | None = None) -> None:
     """One line on stderr for what a user would otherwise miss: that a run resumed, and from which
     step (and that its budget changed from ``budget_was``, the saved one); that its budget never
-    passes the warm-up, so no update would run."""
+    passes the warm-up, so no update would run; that a new run on disk, longer than
+    ``QUIET_BELOW_STEPS``, is shorter than the checkpoint interval, so a crash before its end leaves
+    nothing to resume."""
     where = f" in {run.run_dir}" if run.run_dir else ""
     if resumed:
         changed = f" (budget changed from {budget_was:,} steps)" if budget_was not in (None, run.total_steps) else ""
@@ -720,6 +725,10 @@ def announce(run: Run, config, loop: LoopConfig, resumed: bool, budget_was: int 
     if updates_due(run.total_steps, config, loop.updates_per_step) == 0:
         tqdm.write(f"note: {run.total_steps:,} steps do not pass the warm-up ({config.warmup_steps:,} random steps, batch "
                    f"{config.batch_size}): this run makes no update; raise --total-steps or lower --warmup-steps", file=sys.stderr)  # fmt: skip
+    if run.run_dir and not resumed and run.total_steps > QUIET_BELOW_STEPS and loop.checkpoint_every >= run.total_steps:
+        tqdm.write(f"note: a checkpoint comes every {loop.checkpoint_every:,} steps, so this {run.total_steps:,}-step run writes one "
+                   "only at its end or on Ctrl-C (a kill -9 before then leaves nothing to resume); lower --checkpoint-every "
+                   "to resume it after a crash", file=sys.stderr)  # fmt: skip
 
 
 def learn(lanes: list[Lane], stack, step: int) -> None:

@@ -601,3 +601,12 @@ def test_train_runs_with_one_thread_unless_asked_and_restores_the_callers(asked,
         torch.set_num_threads(1)
     with pytest.raises(ValueError, match="threads must be a whole number >= 1"):
         train(total_steps=110, threads=0)
+
+
+def test_a_run_shorter_than_the_checkpoint_interval_says_a_crash_would_leave_nothing(tmp_path, capsys):
+    quick = dict(eval_every=10**6, log_every=1000, warmup_steps=2100)  # (all warm-up: no update, a few seconds)
+    train(total_steps=2100, run_dir=tmp_path / "short", checkpoint_every=5000, **quick)
+    err = capsys.readouterr().err
+    assert "writes one only at its end" in err and "--checkpoint-every" in err, err
+    train(total_steps=2100, run_dir=tmp_path / "checkpointed", checkpoint_every=1000, **quick)
+    assert "writes one only at its end" not in capsys.readouterr().err
