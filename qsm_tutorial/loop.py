@@ -695,8 +695,7 @@ def open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset
         lane = Lane(run, env, eval_env, made_here, buffer, store, metrics, timing, rng, episodes, updates, saved_step=start, lock=lock)
         announce(run, config, loop, resumed=checkpoint is not None, budget_was=(saved or {}).get("total_steps"))
         try:
-            if start == 0:
-                lane.evaluate(0)
+            if start == 0:  # (its step-0 evaluation runs in run_lanes, with the progress bar on screen)
                 lane.obs, _ = env.reset(seed=seed)
                 lane.episode_start = {"seed": seed}
             else:
@@ -752,6 +751,18 @@ def learn(lanes: list[Lane], stack, step: int) -> None:
             lane.record_update(info, step)
 
 
+def evaluate_lanes(lanes: list[Lane], step: int, bar: tqdm) -> float:
+    """Evaluate every lane at ``step``, saying so on the progress bar while it runs and showing the
+    first lane's result after; returns the seconds it took (left out of the steps/s figures)."""
+    t0 = time.perf_counter()
+    bar.set_postfix_str(f"evaluating at step {step:,} ({lanes[0].run.loop.eval_episodes} episodes)", refresh=True)
+    for lane in lanes:
+        with lane.rng:
+            lane.evaluate(step)
+    bar.set_postfix({"eval": round(lanes[0].metrics.last("eval_return"), 1)}, refresh=True)
+    return time.perf_counter() - t0
+
+
 def run_lanes(lanes: list[Lane], stack=None, progress: bool = True, on_step=None) -> None:
     """Step every lane in lockstep to the budget: act and store, learn, log, evaluate, checkpoint."""
     lane0 = lanes[0]
@@ -762,6 +773,8 @@ def run_lanes(lanes: list[Lane], stack=None, progress: bool = True, on_step=None
     desc = f"{lane0.agent.algo} {run0.env_id}" + (f" ×{len(lanes)} seeds" if len(lanes) > 1 else "")
     bar = tqdm(total=total_steps, initial=start, disable=not progress, desc=desc, unit="step", mininterval=0.5)
     with GracefulStop() as stop, bar:
+        if start == 0:  # the untrained policy, so that every curve starts at step 0
+            eval_seconds += evaluate_lanes(lanes, 0, bar)
         for step in range(start + 1, total_steps + 1):
             for lane in lanes:
                 with lane.rng:
@@ -778,11 +791,7 @@ def run_lanes(lanes: list[Lane], stack=None, progress: bool = True, on_step=None
                 bar.set_postfix({k: v for k, v in postfix.items() if v is not None}, refresh=False)
                 window_start, window_steps, eval_seconds = time.perf_counter(), 0, 0.0
             if step % loop.eval_every == 0 or step == total_steps:
-                t0 = time.perf_counter()
-                for lane in lanes:
-                    with lane.rng:
-                        lane.evaluate(step)
-                eval_seconds += time.perf_counter() - t0
+                eval_seconds += evaluate_lanes(lanes, step, bar)
             for lane in lanes:
                 lane.run.step = step
                 if on_step is not None and on_step(lane.run) is False and not stop.requested:
