@@ -322,6 +322,19 @@ class RunDir:
         ``release``): a second writer is refused in one line that names the first."""
         return RunDirLock(self.path)
 
+    def writer(self) -> str | None:
+        """Who writes this folder now (its lock's text: pid, host, command), or None when no live
+        process holds the lock; takes nothing."""
+        try:
+            with open(self.path / LOCK_FILE) as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return f.read().strip() or "another process"
+        except OSError:  # no lock file: nobody writes
+            return None
+        return None
+
     def saved_config(self) -> dict | None:
         """The ``config.json`` of the run already here, or None if there is none."""
         if not self.config.exists():

@@ -37,7 +37,7 @@ from typing import Iterable, Sequence
 from .algos import ALGOS
 from .cli import parse_cli
 from .results import RunResult, load_runs
-from .storage import LOCK_FILE, RunDir, RunDirError, TrainError, atomic_write, load_checkpoint
+from .storage import RunDir, RunDirError, TrainError, atomic_write, load_checkpoint
 
 SWEEP_FILE = "sweep.json"  # in the runs root: the grid, the passed-through flags, the package version
 LOG_DIR = ".sweep-logs"  # in the runs root: each trial's stdout and stderr, one file per run directory
@@ -119,26 +119,11 @@ class TrialState:
                 "conflict": f"conflict: {self.why}"}[self.state]  # fmt: skip
 
 
-def lock_holder(run_dir: Path) -> str | None:
-    """Who writes ``run_dir`` now (its lock's text), or None when no live process holds it."""
-    import fcntl
-
-    lock = run_dir / LOCK_FILE
-    if not lock.exists():
-        return None
-    with open(lock) as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return f.read().strip() or "another process"
-    return None
-
-
 def trial_state(trial: Trial, total_steps: int | None) -> TrialState:
     """What ``qsm-train --resume auto`` would do with this trial, read from its run directory
     (``config.json``, ``status.json``, the lock), checked by ``qsm-train``'s own argument parser."""
     store = RunDir(trial.run_dir)
-    holder = lock_holder(trial.run_dir)
+    holder = store.writer()
     if holder:
         return TrialState("conflict", why=f"being written by {holder}")
     try:

@@ -166,9 +166,9 @@ def test_a_sweep_killed_midway_resumes_every_trial_exactly_once(tmp_path):
     interrupted = [s for s in statuses() if not (s and s["complete"])]
     assert interrupted, "every trial finished before the kill: nothing was tested"
     deadline = time.monotonic() + 60
-    while any(sweep.lock_holder(t.run_dir) for t in trials) and time.monotonic() < deadline:
+    while any(RunDir(t.run_dir).writer() for t in trials) and time.monotonic() < deadline:
         time.sleep(0.5)  # the workers die with their raylet
-    assert not any(sweep.lock_holder(t.run_dir) for t in trials)
+    assert not any(RunDir(t.run_dir).writer() for t in trials)
 
     done = sweep_cli(*grid_args(root), timeout=600)
     assert done.returncode == 0, done.stderr
@@ -211,7 +211,7 @@ def test_a_trial_whose_worker_is_killed_is_started_again_and_resumes(tmp_path):
     while not ((s := RunDir(trial.run_dir).read_status()) and 100 <= s["step"] < 600):
         assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()
         time.sleep(0.2)
-    worker = int(sweep.lock_holder(trial.run_dir).split()[1])  # "pid N on host since ..."
+    worker = int(RunDir(trial.run_dir).writer().split()[1])  # "pid N on host since ..."
     os.kill(worker, signal.SIGKILL)
     out, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, err
