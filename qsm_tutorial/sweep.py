@@ -140,11 +140,9 @@ def trial_state(trial: Trial, total_steps: int | None) -> TrialState:
     status = store.read_status()
     step = status["step"] if status else checkpoint_step(store)
     budget = total_steps if total_steps is not None else saved["total_steps"]
-    if step >= budget and budget == saved["total_steps"]:
-        return TrialState("complete", step)
     if budget != saved["total_steps"]:
         return TrialState("conflict", step, f"its budget is {saved['total_steps']:,} steps, the sweep asks {budget:,}")
-    return TrialState("resumes", step)
+    return TrialState("complete" if step >= budget else "resumes", step)
 
 
 def checkpoint_step(store: RunDir) -> int:
@@ -444,17 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = sweep(labels, envs, args.seeds, args.total_steps, args.runs_root, extra=extra, address=args.address,
                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, memory_per_trial=memory,
                      max_concurrent=args.max_concurrent, max_failures=args.max_failures, progress=not args.quiet)  # fmt: skip
-    except SweepConflict as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (TrainError, ValueError, SystemExit) as e:  # (SystemExit: a passed-through flag qsm-train refused)
-        if isinstance(e, SystemExit) and not e.code:
-            return 0
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr) if not isinstance(e, SystemExit) else None
-        return 2
+    except (TrainError, ValueError) as e:  # a failed trial: 1; a conflict or bad input found before launch: 2
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1 if isinstance(e, SweepError) and not isinstance(e, SweepConflict) else 2
     print(f"{len(runs)} runs complete in {Path(args.runs_root).absolute()}")
     return 0
 
