@@ -6,7 +6,7 @@ critic. Start with ``qsm_tutorial.train("bandit/four-gaussians")``.
 """
 
 from . import envs
-from .train import Run, train  # (the function: binding it after the submodule keeps it on the package)
+from .loop import Run, train  # not via the submodule .train, so `python -m qsm_tutorial.train` runs it fresh
 
 __version__ = "0.1.0"
 __all__ = ["envs", "train", "Run", "__version__"]

@@ -5,11 +5,22 @@ The loop lives in :mod:`qsm_tutorial.loop`, run directories in :mod:`qsm_tutoria
 """
 
 import sys
+import types
 
 from .cli import main
 from .loop import Run, train
 
 __all__ = ["Run", "main", "train"]
+
+
+class _CallableModule(types.ModuleType):
+    """Importing this submodule rebinds ``qsm_tutorial.train`` to it; calling it still trains."""
+
+    def __call__(self, *args, **kwargs):
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

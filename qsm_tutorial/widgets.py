@@ -151,7 +151,7 @@ def train_bandit_snapshots(
     ``overrides`` set :class:`QSMConfig` or loop fields) and keep the actor's and critics' weights
     every ``every`` updates. Snapshot 0 is the initialisation.
     """
-    from .train import train
+    from .loop import train
 
     if every < 1:
         raise ValueError(f"every must be >= 1 (updates between snapshots), got {every}")

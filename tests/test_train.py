@@ -174,8 +174,18 @@ def test_cli_error_is_one_line_without_traceback_in_a_real_process(tmp_path):
     out = subprocess.run([sys.executable, "-m", "qsm_tutorial.train", "--env", "NoSuchEnv-v9", "--run-dir", str(tmp_path / "r")],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert out.stderr.strip().splitlines()[-1].startswith("error: unknown env id 'NoSuchEnv-v9'")
+    assert out.stderr.count("\n") == 1, out.stderr  # the error only: no runpy warning about qsm_tutorial.train
+    assert out.stderr.startswith("error: unknown env id 'NoSuchEnv-v9'")
     assert not (tmp_path / "r").exists()
+
+
+def test_qsm_tutorial_train_stays_callable_after_its_submodule_is_imported():
+    code = ("import qsm_tutorial; f = qsm_tutorial.train; import qsm_tutorial.train; "
+            "run = qsm_tutorial.train('bandit/four-gaussians', total_steps=20, warmup_steps=10, eval_every=20, eval_episodes=1, progress=False); "
+            "print(f is qsm_tutorial.loop.train, type(run).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "Run"]
 
 
 def test_discrete_action_space_is_refused(capsys, tmp_path):
