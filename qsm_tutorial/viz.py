@@ -1,6 +1,9 @@
 """Figures of the course: one call per figure, each returning a matplotlib ``Figure``.
 
 Conventions (those of the paper's Figure 1): the policy's score is drawn in ORANGE, ∇ₐQ in BLUE.
+Each algorithm has one colour in every figure (:data:`ALGO_COLORS`: QSM orange like its score, SAC
+purple, TD3 teal; :func:`algo_color` finds it from a label such as "QSM (paper)"). Legends are at
+least 8 pt, and axes say their units (environment steps, return, actions in [−1, 1]).
 Arrows are *normalised*: every arrow has the same length (a fraction of the grid spacing, centred
 on its grid point, so none leaves the axes) and its magnitude is shown by its opacity, relative to
 the largest arrow of its field (or of both fields with ``shared_scale``). The reward / Q landscape
@@ -32,6 +35,12 @@ __all__ = [
     "POLICY_COLOR",
     "Q_COLOR",
     "GAUSSIAN_COLOR",
+    "TD3_COLOR",
+    "ALGO_COLORS",
+    "NEUTRAL_COLORS",
+    "algo_color",
+    "MIN_LEGEND_FONTSIZE",
+    "ACTION_LABELS",
     "quiver_field",
     "update_quiver",
     "draw_landscape",
@@ -51,8 +60,15 @@ __all__ = [
 POLICY_COLOR = "#f07f0e"  # orange: the policy's score, the policy's samples
 Q_COLOR = "#1f6fb4"  # blue: ∇ₐQ
 GAUSSIAN_COLOR = "#7b2f9a"  # purple: a Gaussian policy's samples (SAC)
+TD3_COLOR = "#2a9d8f"  # teal: TD3's deterministic actor (not blue: blue means ∇ₐQ)
+# One colour per algorithm, the same in every figure of the package (learning curves, samples, histograms).
+ALGO_COLORS = {"qsm": POLICY_COLOR, "sac": GAUSSIAN_COLOR, "td3": TD3_COLOR}
+# Lines that are none of these (runs of one algorithm, mixture components): no orange, blue, purple or teal.
+NEUTRAL_COLORS = ("#2b2b2b", "#b5651d", "#c51b7d", "#8c8c8c")
 LANDSCAPE_CMAP = "Greens"
-ACTION_LABELS = ("action $a_1$", "action $a_2$")
+# Actions are normalised to [-1, 1] by every env of the package (envs.make), so that is their unit.
+ACTION_LABELS = (r"action $a_1 \in [-1, 1]$", r"action $a_2 \in [-1, 1]$")
+MIN_LEGEND_FONTSIZE = 8.0  # points: no legend of the course is smaller
 
 # Sizes chosen to stay readable when a figure is shown ~600 px wide (README, notebook).
 STYLE = {
@@ -65,6 +81,13 @@ STYLE = {
     "axes.spines.top": False,
     "axes.spines.right": False,
 }
+
+
+def algo_color(label: str, default: str | None = None) -> str | None:
+    """The colour of the algorithm a label names ("QSM", "qsm-paper", "SAC (Gaussian policy)" ...), from
+    :data:`ALGO_COLORS`; ``default`` when the label does not start with an algorithm's name."""
+    algo = re.match(r"[a-z0-9]*", str(label).lower()).group()  # "QSM-PAPER", "QSM (paper)" -> "qsm"
+    return ALGO_COLORS.get(algo, default)
 
 
 def _np(x: Any) -> np.ndarray:
@@ -407,16 +430,20 @@ def plot_action_samples(
     max_points: int = 2000,
     points: Mapping[str, Any] | None = None,
     points_label: str = "deterministic action",
+    samples_label: str | None = None,
 ) -> Figure:
     """Action samples over the reward / Q landscape, one panel per policy.
 
     ``samples``: ``{"QSM (diffusion)": [N, 2], "SAC (Gaussian)": [N, 2]}`` or one [N, 2] array;
     ``background``: ``(grid [n, n, 2], values [n, n])``; ``modes`` [K, 2]: optimal actions, marked ×;
     ``points``: ``{panel name: [K, 2]}`` extra actions marked ★ (e.g. a Gaussian's mean action).
-    Colours: orange for the first (the diffusion policy), purple for the next, unless ``colors``.
+    ``samples_label``: the legend's name for the dots (default "N policy samples"; say "particles" or
+    "data points" where they are not a policy's actions).
+    Colours: ``colors[name]`` if given, else the algorithm's colour when the panel's name starts with
+    one (:func:`algo_color`: "QSM ..." orange, "SAC ..." purple), else orange, purple, ... by position.
     """
     sets = dict(samples) if isinstance(samples, Mapping) else {"policy samples": samples}
-    palette = [POLICY_COLOR, GAUSSIAN_COLOR, "tab:red", "tab:brown"]
+    palette = [POLICY_COLOR, GAUSSIAN_COLOR, "#b22222", "#8b5a2b"]
     n = len(sets)
     fig = _figure((3.4 * n + 0.9, 4.0))
     axes = _subplots(fig, 1, n, sharey=True).ravel()
@@ -428,7 +455,7 @@ def plot_action_samples(
         if k == 0:
             ax.set_ylabel(ACTION_LABELS[1])
         pts = _np(s)[:max_points]
-        color = (colors or {}).get(name, palette[k % len(palette)])
+        color = (colors or {}).get(name) or algo_color(name, palette[k % len(palette)])
         ax.scatter(pts[:, 0], pts[:, 1], s=7, color=color, alpha=0.45, lw=0, zorder=3)
         if modes is not None:
             mo = _np(modes)
@@ -438,7 +465,8 @@ def plot_action_samples(
             ax.scatter(p[:, 0], p[:, 1], marker="*", s=260, color=color, ec="k", lw=1.0, zorder=5)
         ax.set_title(name)
     n_pts = min(len(_np(s)), max_points)
-    handles = [Line2D([], [], color="0.45", marker="o", ls="None", ms=4, label=f"{n_pts} policy samples")]
+    dots = samples_label if samples_label is not None else f"{n_pts} policy samples"
+    handles = [Line2D([], [], color="0.45", marker="o", ls="None", ms=4, label=dots)]
     if modes is not None:
         handles.append(Line2D([], [], color="k", marker="x", ls="None", ms=8, mew=1.6, label="optimal actions"))
     if points:
@@ -517,12 +545,11 @@ def plot_learning_curves(
     ``curves``: ``{label: (steps [T], values [n_seeds, T])}`` (a 1-D ``values`` is one seed).
     ``band``: ``"std"`` (mean ± 1 std), ``"sem"`` (± standard error), ``"minmax"`` or ``"none"``.
     NaNs (a seed without that point) are ignored in the statistics. Labels starting with an
-    algorithm's name share its colour; the second, third, ... such curve is dashed, dotted, ...
+    algorithm's name share its colour (:data:`ALGO_COLORS`); the second, third, ... such curve is dashed, dotted, ...
     ("QSM" solid, "QSM (paper)" or "QSM-PAPER" dashed).
     """
     if band not in ("std", "sem", "minmax", "none"):
         raise ValueError(f"band must be 'std', 'sem', 'minmax' or 'none', got {band!r}")
-    default = {"qsm": POLICY_COLOR, "sac": GAUSSIAN_COLOR, "td3": "tab:green"}
     fig = _figure((5.6, 3.6))
     ax = _subplots(fig, 1, 1)[0, 0]
     times_used: dict[str, int] = {}
@@ -530,8 +557,7 @@ def plot_learning_curves(
         x, y = _np(steps), np.atleast_2d(_np(values))
         if y.shape[1] != x.shape[0]:
             raise ValueError(f"curve {label!r}: values have {y.shape[1]} points per seed but steps has {x.shape[0]}")
-        algo = re.match(r"[a-z0-9]*", str(label).lower()).group()  # "QSM-PAPER", "QSM (paper)" -> "qsm"
-        color = (colors or {}).get(label) or default.get(algo, f"C{k}")
+        color = (colors or {}).get(label) or algo_color(label, f"C{k}")
         style = ("-", "--", ":", "-.")[times_used.get(color, 0) % 4]
         times_used[color] = times_used.get(color, 0) + 1
         with np.errstate(all="ignore"):
@@ -557,7 +583,8 @@ def plot_learning_curves(
     return fig
 
 
-def plot_action_histograms(samples: Mapping[str, Mapping[int, Any]], *, xlabel: str = "action", title: str | None = None) -> Figure:
+@_styled
+def plot_action_histograms(samples: Mapping[str, Mapping[int, Any]], *, xlabel: str = r"action $a \in [-1, 1]$", title: str | None = None) -> Figure:
     """Histograms of 1-D action samples: one row per policy, one column per training step.
 
     ``samples``: ``{policy label: {env step: actions [N]}}``. Each panel's title gives the shares
@@ -567,9 +594,8 @@ def plot_action_histograms(samples: Mapping[str, Mapping[int, Any]], *, xlabel: 
     steps = sorted({step for per_step in samples.values() for step in per_step})
     fig = _figure((2.7 * len(steps), 2.1 * len(samples) + 0.4))
     axes = _subplots(fig, len(samples), len(steps), sharex=True)
-    colors = {"qsm": POLICY_COLOR, "sac": GAUSSIAN_COLOR, "td3": "tab:green"}
     for i, (label, per_step) in enumerate(samples.items()):
-        color = colors.get(re.match(r"[a-z0-9]*", label.lower()).group(), f"C{i}")
+        color = algo_color(label, f"C{i}")
         for j, step in enumerate(steps):
             ax = axes[i, j]
             if step not in per_step:
@@ -602,7 +628,7 @@ def plot_policy_improvement(results: Mapping[str, Any], *, title: str | None = N
     """
     fig = _figure((8.2, 3.5))
     ax_v, ax_a = _subplots(fig, 1, 2).ravel()
-    palette = ["#2b2b2b", "#7b2f9a", "#2a9d8f", "#b5651d"]  # not orange/blue: those mean score/∇Q
+    palette = NEUTRAL_COLORS  # not orange/blue (score/∇Q), nor an algorithm's colour: these are runs of QSM
     lowest = 0.0
     for k, (label, r) in enumerate(results.items()):
         color = palette[k % len(palette)]

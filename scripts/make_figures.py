@@ -156,8 +156,8 @@ def multimodal(args, cache: dict) -> None:
         if algo != "qsm":
             points[name] = agent.act(OBS, deterministic=True)
         log(f"  {algo}: mean reward {reward:.3f}; share within 0.25 of each mode {[round(s, 3) for s in shares]}")
-    colors = {name: (viz.POLICY_COLOR if name.startswith("QSM") else viz.GAUSSIAN_COLOR) for name in sets}
-    fig = viz.plot_action_samples(sets, background=(fine, env.reward(fine)), modes=env.modes, points=points, colors=colors, points_label="its mean (deterministic) action",
+    # each panel's name starts with its algorithm's, so it gets that algorithm's colour (viz.ALGO_COLORS)
+    fig = viz.plot_action_samples(sets, background=(fine, env.reward(fine)), modes=env.modes, points=points, points_label="its mean (deterministic) action",
                                   title="bandit/four-gaussians: four equally good actions, 1500 env steps")  # fmt: skip
     save(fig, "multimodal_vs_gaussian")
 

@@ -144,3 +144,73 @@ def test_save_figure_writes_a_png(tmp_path, bandit_fields):
     with pytest.raises(ValueError, match="plain name"):
         viz.save_figure(fig, "bad.jpg", tmp_path)
     assert viz.figures_dir().name == "figures"
+
+
+def _rgb(color) -> tuple:
+    return tuple(np.round(viz.matplotlib.colors.to_rgb(color), 3))
+
+
+def test_each_algorithm_has_one_colour_in_every_figure():
+    """QSM, SAC and TD3 keep the colour of ``viz.ALGO_COLORS`` in learning curves, histograms and sample
+    panels, wherever they stand in the figure; none of them is the blue that means ∇ₐQ."""
+    want = {name: _rgb(viz.ALGO_COLORS[name.lower()]) for name in ("QSM", "SAC", "TD3")}
+    assert len(set(want.values())) == 3 and _rgb(viz.Q_COLOR) not in want.values()
+    assert want["QSM"] == _rgb(viz.POLICY_COLOR)  # QSM's samples are the orange of its score
+    assert viz.algo_color("QSM (paper)") == viz.algo_color("qsm-paper") == viz.POLICY_COLOR
+    assert viz.algo_color("data", "0.3") == "0.3"
+
+    steps = np.arange(5)
+    order = ["TD3", "SAC", "QSM"]  # not the order of ALGO_COLORS: the colour must follow the name, not the position
+    ax = data_axes(viz.plot_learning_curves({name: (steps, np.zeros((2, 5))) for name in order}))[0]
+    assert [_rgb(line.get_color()) for line in ax.lines] == [want[n] for n in order]
+
+    rng = np.random.default_rng(0)
+    fig = viz.plot_action_histograms({name: {1000: rng.uniform(-1, 1, 50)} for name in order})
+    colours = [_rgb(data_axes(fig)[i].patches[0].get_facecolor()) for i in range(3)]
+    assert colours == [want[n] for n in order]
+
+    fig = viz.plot_action_samples({f"{name} policy": torch.rand(30, 2) * 2 - 1 for name in order})
+    colours = [_rgb(ax.collections[0].get_facecolor()[0]) for ax in data_axes(fig)]
+    assert colours == [want[n] for n in order]
+    # an explicit colour still wins, and a name that is no algorithm gets the palette
+    fig = viz.plot_action_samples({"SAC": torch.zeros(3, 2), "data": torch.zeros(3, 2)}, colors={"SAC": "k"})
+    assert [_rgb(ax.collections[0].get_facecolor()[0]) for ax in data_axes(fig)] == [(0, 0, 0), _rgb(viz.GAUSSIAN_COLOR)]
+
+
+def _all_figures(bandit_fields):
+    env, grid, fine, grad_q, score = bandit_fields
+    steps = np.arange(0, 1000, 100)
+    run = {"start_values": np.linspace(-0.5, 0.7, 11), "alignment": np.linspace(0.3, 0.9, 10), "optimal_start_value": 0.8}
+    world = GridWorld(LAYOUTS["two-routes"], name="two-routes")
+    S, pushes = world.n_states, push_grid(3)
+    grads = world.action_gradient(torch.arange(S).view(S, 1, 1), pushes.expand(S, 3, 3, 2), world.optimal_values().V)
+    return {
+        "plot_fields": viz.plot_fields(grid, score, grad_q, background=(fine, env.reward(fine)), samples=torch.rand(20, 2)),
+        "plot_field_sequence": viz.plot_field_sequence(grid, [score], grad_q, ["a"], background=(fine, env.reward(fine))),
+        "plot_action_samples": viz.plot_action_samples({"QSM": torch.rand(20, 2)}, modes=env.modes, points={"QSM": torch.zeros(2)}),
+        "plot_gridworld_fields": viz.plot_gridworld_fields(world, grads, pushes, samples=torch.rand(S, 4, 2)),
+        "plot_learning_curves": viz.plot_learning_curves({"QSM": (steps, np.zeros((2, 10))), "SAC": (steps, np.ones(10))}),
+        "plot_policy_improvement": viz.plot_policy_improvement({"slip 0": run}),
+    }
+
+
+def test_every_legend_is_at_least_8_points_and_action_axes_say_their_range(bandit_fields):
+    figures = _all_figures(bandit_fields)
+    for name, fig in figures.items():
+        legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+        assert legends, f"{name}: no legend"
+        for legend in legends:
+            texts = list(legend.get_texts()) + ([legend.get_title()] if legend.get_title().get_text() else [])
+            sizes = [t.get_fontsize() for t in texts]
+            assert min(sizes) >= viz.MIN_LEGEND_FONTSIZE, f"{name}: legend text of {min(sizes)} pt"
+    # axes over the action box say that actions are normalised to [-1, 1]
+    for name in ("plot_fields", "plot_field_sequence", "plot_action_samples"):
+        labels = [ax.get_xlabel() for ax in data_axes(figures[name]) if ax.get_xlabel()]
+        assert labels and all("[-1, 1]" in label for label in labels), (name, labels)
+
+
+def test_plot_action_samples_names_its_dots():
+    fig = viz.plot_action_samples({"p": torch.zeros(5, 2)}, samples_label="5 Langevin particles")
+    assert fig.legends[0].get_texts()[0].get_text() == "5 Langevin particles"
+    fig = viz.plot_action_samples({"p": torch.zeros(5, 2)})
+    assert fig.legends[0].get_texts()[0].get_text() == "5 policy samples"
