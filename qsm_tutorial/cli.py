@@ -218,21 +218,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # one the run's files did not name (storage turns its own into TrainErrors)
         print(f"error: {' '.join(str(file_system_error(e, what='access')).split())}", file=sys.stderr)
         return 2
-    return _report(runs)
+    return _report(runs, printed=kwargs["progress"])
 
 
-def _report(runs: list[Run]) -> int:
-    """The CLI's summary, one line per run, and its exit status: 128 + the signal number when a
-    signal stopped the run(s) (after a checkpoint), else 0."""
+def _report(runs: list[Run], printed: bool) -> int:
+    """The CLI's summary, one line per run (unless ``train`` ``printed`` it), and its exit status:
+    128 + the signal number when a signal stopped the run(s) (after a checkpoint), else 0."""
     for run in runs:
+        if not printed and not run.stop_reason:  # (a stopped run's line, with what to do, goes to stderr)
+            print(run.summary())
         if run.stop_reason:
             where = ", ".join(str(r.run_dir) for r in runs) if len(runs) > 1 else run.run_dir
             how = "continue each with --run-dir <that dir> --resume" if len(runs) > 1 else "continue with --resume"
             print(f"stopped by {run.stop_reason} at step {run.step}; checkpoint saved in {where}; {how}", file=sys.stderr)
             if run.stop_reason in signal.Signals.__members__:
                 return 128 + signal.Signals[run.stop_reason].value
-            continue
-        steps, returns = run.metric("eval_return")
-        final = f"eval return {returns[-1]:.1f}" if len(returns) else "no evaluation"
-        print(f"{run.agent.algo} on {run.env_id}, seed {run.seed}: {run.step} steps, {final}; run dir {run.run_dir}")
     return 0

@@ -122,6 +122,16 @@ class Run:
         rows = [h for h in self.history if key in h]
         return np.array([h["step"] for h in rows]), np.array([h[key] for h in rows])
 
+    def summary(self) -> str:
+        """One line: where the run ended, its last evaluation and where it is saved."""
+        head = f"{self.agent.algo} on {self.env_id}, seed {self.seed}"
+        saved = f"run dir {self.run_dir}" if self.run_dir else "not saved (no run_dir)"
+        if self.stop_reason:
+            return f"{head}: stopped by {self.stop_reason} at step {self.step}; {saved}"
+        returns = self.metric("eval_return")[1]
+        final = f"eval return {returns[-1]:.1f}" if len(returns) else "no evaluation"
+        return f"{head}: {self.step} steps, {final}; {saved}"
+
 
 PRESETS = tuple(algos.qsm.PRESETS)  # every algorithm has the same preset names (a test checks it)
 
@@ -864,11 +874,14 @@ def train(
     (``run.step``, ``run.agent.n_updates`` tell where the run is); returning ``False`` stops the run
     there, checkpointed, with ``stop_reason = "callback"`` (as Stable-Baselines3 callbacks do).
     ``threads``: torch CPU threads for the run (default: a resumed run's own, else ``DEFAULT_THREADS``).
+    With ``progress``, a bar while it runs and ``Run.summary()``'s line at the end.
     """
     with torch_threads(threads, run_dir, resume):
         lane = open_lane(env_or_id, algo, total_steps, seed, run_dir, resume, force, preset, overrides, contextlib.nullcontext())
         try:
             run_lanes([lane], progress=progress, on_step=on_step)
+            if progress:
+                print(lane.run.summary())
             return lane.run
         finally:
             lane.close()
@@ -912,6 +925,8 @@ def train_seeds(
                 for k, lane in enumerate(lanes):
                     lane.state_dict = lambda k=k: stack.state_dict(k)
             run_lanes(lanes, stack, progress)
+            if progress:
+                print("\n".join(lane.run.summary() for lane in lanes))
             return [lane.run for lane in lanes]
         finally:
             if stack is not None:

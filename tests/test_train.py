@@ -179,6 +179,19 @@ def test_cli_error_is_one_line_without_traceback_in_a_real_process(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_train_ends_with_one_summary_line_when_it_shows_progress(capsys, tmp_path):
+    tiny = dict(total_steps=40, warmup_steps=20, eval_every=40, eval_episodes=1, batch_size=8, actor_hidden=(8, 8), critic_hidden=(8, 8))
+    run = qsm_tutorial.train("bandit/ring", run_dir=tmp_path / "r", **tiny)
+    out = capsys.readouterr().out
+    assert out == run.summary() + "\n"
+    assert out.startswith("qsm on bandit/ring, seed 0: 40 steps, eval return ") and str(tmp_path / "r") in out
+    qsm_tutorial.train("bandit/ring", progress=False, **tiny)
+    assert capsys.readouterr().out == ""
+    stopped = qsm_tutorial.train("bandit/ring", on_step=lambda r: r.step < 25, **tiny)
+    assert capsys.readouterr().out == "qsm on bandit/ring, seed 0: stopped by callback at step 25; not saved (no run_dir)\n"
+    assert stopped.step == 25
+
+
 def test_qsm_tutorial_train_stays_callable_after_its_submodule_is_imported():
     code = ("import qsm_tutorial; f = qsm_tutorial.train; import qsm_tutorial.train; "
             "run = qsm_tutorial.train('bandit/four-gaussians', total_steps=20, warmup_steps=10, eval_every=20, eval_episodes=1, progress=False); "
