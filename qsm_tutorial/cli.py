@@ -199,6 +199,7 @@ def parse_cli(argv: list[str] | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """``qsm-train``: 0 when the budget is reached, 2 on an error (one line on stderr), 128 + the
     signal number when SIGINT/SIGTERM stopped the run (after a checkpoint)."""
+    kwargs: dict = {}
     try:
         kwargs = parse_cli(argv)
         if kwargs.get("resume") == "auto" and RunDir(kwargs["run_dir"]).holds_complete(
@@ -209,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             runs = train_seeds(**kwargs)
         else:
             runs = [train(**kwargs)]
-    except KeyboardInterrupt:
-        print("interrupted before a checkpoint could be written; --resume continues from the last one", file=sys.stderr)
+    except KeyboardInterrupt:  # before the loop took over SIGINT (it stops with a checkpoint)
+        print(f"interrupted before training began; {_what_to_resume(kwargs)}", file=sys.stderr)
         return 130
     except (TrainError, envs.UnknownEnvError, ValueError, gym.error.Error) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
@@ -219,6 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(file_system_error(e, what='access')).split())}", file=sys.stderr)
         return 2
     return _report(runs, printed=kwargs["progress"])
+
+
+def _what_to_resume(kwargs: dict) -> str:
+    """After an interruption before training: whether a checkpoint on disk can be resumed."""
+    folder = Path(kwargs.get("run_dir") or kwargs.get("run_root") or ".")
+    if any(folder.glob("checkpoint.pt")) or any(folder.glob("seed*/checkpoint.pt")):
+        return f"the checkpoint in {folder} is unchanged and --resume continues from it"
+    return "no checkpoint was written: run the same command again to start"
 
 
 def _report(runs: list[Run], printed: bool) -> int:

@@ -431,9 +431,39 @@ def test_c16_a_signal_to_a_seeds_run_names_every_seeds_dir(capsys, tmp_path):
     from qsm_tutorial.loop import Run
 
     runs = [Run(None, None, "E-v0", k, run_dir=str(tmp_path / f"seed{k}"), step=900, stop_reason="SIGTERM") for k in (0, 1)]
-    assert _report(runs) == 143
+    assert _report(runs, printed=False) == 143
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{tmp_path}/seed0, {tmp_path}/seed1" in err and "--run-dir <that dir> --resume" in err
+
+
+def test_c13_ctrl_c_while_qsm_train_starts_is_one_line(tmp_path):
+    """SIGINT while torch and MuJoCo still load (the console script imports them inside its entry point)."""
+    import signal
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "qsm-train"), *TD3, "--run-dir", str(run_dir), *TINY_FLAGS],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("interrupted while starting") or err.startswith("interrupted before training began"), err
+    assert not run_dir.exists()
+
+
+def test_c13_ctrl_c_before_training_says_whether_a_checkpoint_can_be_resumed(capsys, monkeypatch, finished):
+    from qsm_tutorial import cli
+
+    def interrupted(**_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "train", interrupted)
+    before = hashes(finished)
+    status, _, err = run_cli(capsys, "--run-dir", finished, "--resume", "--total-steps", 200)
+    assert status == 130 and err == f"interrupted before training began; the checkpoint in {finished} is unchanged and --resume continues from it\n"
+    status, _, err = run_cli(capsys, *TD3, "--run-dir", finished.parent / "new")
+    assert status == 130 and err.endswith("no checkpoint was written: run the same command again to start\n")
+    assert hashes(finished) == before
 
 
 # ------------------------------------------------------------------------------ L: results.load_runs
