@@ -304,6 +304,91 @@ def test_f2_a_new_run_under_a_read_only_parent_is_one_line(capsys, monkeypatch, 
     assert_one_line_error(status, err, f"cannot create {tmp_path / 'ro/run'}: Read-only file system; the file system is read-only")
 
 
+# The same cases on real mounts (a read-only bind mount, a small tmpfs), where the machine lets the
+# tests mount (root with CAP_SYS_ADMIN); the CLI runs as its own process, so every syscall is real.
+def mount(*args: str) -> None:
+    out = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"real-mount case: cannot mount here ({out.stderr.strip() or 'not root'})")
+
+
+@pytest.fixture
+def mounts():
+    """Mount points to unmount after the test, latest first."""
+    points: list[Path] = []
+    yield points
+    for point in reversed(points):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def read_only(folder: Path, mounts: list[Path]) -> None:
+    mount("--bind", str(folder), str(folder))
+    mounts.append(folder)
+    mount("-o", "remount,ro,bind", str(folder))
+
+
+def qsm_train(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "qsm_tutorial", *map(str, argv)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_f1_real_resume_in_a_read_only_run_dir(finished, mounts):
+    before = hashes(finished)
+    read_only(finished, mounts)
+    out = qsm_train("--run-dir", finished, "--resume", "--total-steps", 200)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Read-only file system; the file system is read-only" in out.stderr, out.stderr
+    assert hashes(finished) == before
+
+
+def test_f2_real_new_run_under_a_read_only_parent(tmp_path, mounts):
+    (tmp_path / "ro").mkdir()
+    read_only(tmp_path / "ro", mounts)
+    out = qsm_train(*TD3, "--run-dir", tmp_path / "ro/run", *TINY_FLAGS)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Read-only file system" in out.stderr, out.stderr
+    assert not (tmp_path / "ro/run").exists()
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """A file that takes all free space of ``folder``'s file system but ``leave`` bytes."""
+    filler = folder / "filler"
+    free = shutil.disk_usage(folder).free - leave
+    with open(filler, "wb") as f:
+        while free > 0:
+            try:
+                f.write(b"\0" * min(free, 1 << 16))
+                f.flush()
+            except OSError:
+                break
+            free -= 1 << 16
+    return filler
+
+
+@pytest.mark.parametrize("left", ["none", "less than a checkpoint"])
+def test_f3_f4_real_disk_full(tmp_path, mounts, left):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount("-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk))
+    mounts.append(disk)
+    run_dir = disk / "run"
+    flags = [*TD3, "--run-dir", run_dir, *TINY_FLAGS, "--checkpoint-every", 200]
+    assert qsm_train(*flags, "--total-steps", 400).returncode == 0
+    checkpoint = run_dir / "checkpoint.pt"
+    before = hashes(run_dir)
+    filler = fill(disk, 0 if left == "none" else checkpoint.stat().st_size // 2)
+    full = qsm_train("--run-dir", run_dir, "--resume", "--total-steps", 800, "--no-progress")
+    last = full.stderr.strip().splitlines()[-1]
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    assert last.startswith("error: ") and "No space left on device; the disk is full: free space" in last, full.stderr
+    assert hashes(run_dir)["checkpoint.pt"] == before["checkpoint.pt"] and load_checkpoint(checkpoint)["step"] == 400
+    assert not any(is_temp_file(p.name) for p in run_dir.iterdir())
+    rows = metric_rows(run_dir)  # whole rows only (read_csv would warn on a cut one)
+    assert len(rows) == len(set(rows))
+    filler.unlink()
+    done = qsm_train("--run-dir", run_dir, "--resume", "--total-steps", 800, "--no-progress")
+    assert done.returncode == 0 and "800 steps" in done.stdout, done.stderr
+    steps = [step for step, event in metric_rows(run_dir) if event == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == 800
+
+
 def test_a_run_dir_under_a_file_is_one_line(capsys, tmp_path):
     (tmp_path / "afile").write_text("mine")
     status, _, err = run_cli(capsys, *TD3, "--run-dir", tmp_path / "afile/run", *TINY_FLAGS)
