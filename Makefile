@@ -32,7 +32,7 @@ test-fast: install  ## unit tests only (no notebooks, no slow training)
 bench: install  ## throughput benchmark (prints a table)
 	$(BIN)/python benchmarks/throughput.py
 
-browser-test: install  ## JupyterLab + headless Chromium run notebooks 02 and 04 and move each explorer's slider (screenshots in _build/browser/, which git ignores)
+browser-test: install  ## JupyterLab + headless Chromium run notebooks 02b and 04 and move each explorer's slider (screenshots in _build/browser/, which git ignores)
 	bash scripts/install_browser.sh $(BIN)/python
 	$(BIN)/python scripts/browser_test.py --out _build/browser
 

@@ -6,7 +6,7 @@
 
 The explorers (``--explorers``, default both, in this order):
 
-- ``bandit``: notebook 02's field explorer, its **updates** slider; screenshots ``browser_explorer_*``;
+- ``bandit``: notebook 02b's field explorer, its **updates** slider; screenshots ``browser_explorer_*``;
 - ``gridworld``: notebook 04's gridworld explorer, its **slip** slider; screenshots ``browser_gridworld_*``.
 
 What it does, one printed line per stage (with the seconds since the start):
@@ -69,7 +69,7 @@ class ExplorerCase:
 
 
 EXPLORERS = {
-    "bandit": ExplorerCase(ROOT / "notebooks" / "02_qsm_on_bandits.ipynb", "updates", "browser_explorer"),
+    "bandit": ExplorerCase(ROOT / "notebooks" / "02b_training_qsm_on_bandits.ipynb", "updates", "browser_explorer"),
     "gridworld": ExplorerCase(ROOT / "notebooks" / "04_gridworld_and_theory.ipynb", "slip", "browser_gridworld"),
 }
 

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     out, root = args.out.resolve(), args.root.resolve()
     t0 = time.perf_counter()
     solutions = stage(root, out / "src")
-    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
     print(f"site: {len(notebooks)} notebooks, {len(solutions)} solution notebooks, notation page: "
           f"{'yes' if (root / 'notebooks' / 'notation.md').exists() else 'no'}", flush=True)
 

@@ -17,11 +17,12 @@ The committed notebooks carry the outputs of a full run at their defaults. To re
 ``figures/nb*_*.png`` they write) after changing a notebook or the package:
 
     python tests/test_notebooks.py --update                      # every notebook
-    python tests/test_notebooks.py --update 02_qsm_on_bandits    # one
-    python tests/test_notebooks.py --update solutions/02_solutions   # a solutions notebook
+    python tests/test_notebooks.py --update 02a_the_qsm_target   # one
+    python tests/test_notebooks.py --update solutions/02a_solutions  # a solutions notebook
     python tests/test_notebooks.py --update --solutions          # every solutions notebook
 
-The solutions notebooks (``notebooks/solutions/NN_solutions.ipynb``) are executed in smoke mode too (no
+Notebooks are numbered in reading order: ``NN_name.ipynb``, or ``NNa_``/``NNb_`` for a topic split in two. The
+solutions notebooks (``notebooks/solutions/NN_solutions.ipynb``, ``NNa_solutions.ipynb``) are executed in smoke mode too (no
 nbval: their numbers mean something only at their defaults); static checks make sure each answers every
 exercise of its notebook, in order, and that the notebook links to it.
 """
@@ -41,10 +42,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
-NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOK_NAME = re.compile(r"(\d\d[a-z]?)_\w+\.ipynb")  # "02a_the_qsm_target.ipynb" -> number "02a"
+NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("[0-9][0-9]*_*.ipynb") if NOTEBOOK_NAME.fullmatch(p.name))
 # Worked solutions to the exercises: notebooks/solutions/NN_solutions.ipynb, one per course notebook that has them,
-# named here relative to notebooks/ ("solutions/00_solutions.ipynb").
-SOLUTIONS = sorted(f"solutions/{p.name}" for p in (NOTEBOOK_DIR / "solutions").glob("[0-9][0-9]_solutions.ipynb"))
+# named here relative to notebooks/ ("solutions/00_solutions.ipynb", "solutions/02a_solutions.ipynb").
+SOLUTIONS = sorted(f"solutions/{p.name}" for p in (NOTEBOOK_DIR / "solutions").glob("[0-9][0-9]*_solutions.ipynb"))
+
+
+def notebook_number(name: str) -> str:
+    """A course or solutions notebook's number: "02a" for 02a_the_qsm_target.ipynb and solutions/02a_solutions.ipynb."""
+    return Path(name).name.split("_")[0]
 KERNEL = "python3"
 CELL_TIMEOUT_S = 900
 
@@ -70,7 +77,7 @@ def poll_kernel_channels_in_slices() -> None:
     Why: now and then the client missed the wake-up of a message that had arrived. The kernel had
     finished a cell that displays widgets and sent its reply, but nbclient's wait on the shell channel,
     one ``poll`` with the cell timeout (900 s), only saw the reply when that poll ended: a CI run stood
-    still for 15 minutes on notebook 02's explorer cell (seen 2026-12-03, ipykernel 6.31, pyzmq 27.3,
+    still for 15 minutes on the bandit explorer's cell (notebook 02 then, 02b now; seen 2026-12-03, ipykernel 6.31, pyzmq 27.3,
     jupyter_client 8.10; a second client got the kernel's replies at once, and it had executed the cell).
     nbclient#312 reports the same with widgets. A poll that ends finds the waiting message, so short
     polls bound such a stall to about a second. nbval's client is the blocking one and is not affected."""
@@ -168,8 +175,8 @@ def _exercise_numbers(path: Path, heading: str) -> list[int]:
 
 @pytest.mark.parametrize("name", SOLUTIONS)
 def test_solution_notebook_answers_every_exercise_of_its_notebook(name):
-    number = Path(name).name[:2]
-    (course,) = [n for n in NOTEBOOKS if n.startswith(number)]
+    number = notebook_number(name)
+    (course,) = [n for n in NOTEBOOKS if notebook_number(n) == number]
     asked = _exercise_numbers(NOTEBOOK_DIR / course, "## Exercises")
     assert asked, f"{course}: no numbered exercises found in its '## Exercises' cell"
     assert _exercise_numbers(NOTEBOOK_DIR / name, "## Exercise N") == asked, f"{name} must answer exercises {asked} of {course}, in order"
