@@ -55,7 +55,7 @@ from .common import (Checkpointable, apply_preset, check_config, critic_loss, cr
 
 @dataclass
 class QSMConfig:
-    """QSM hyperparameters; every default is the paper's (``escontra/score_matching_rl``)."""
+    """QSM hyperparameters; every default is the paper's (``Alescontrela/score_matching_rl``)."""
 
     alpha: float = doc(50.0, "inverse temperature: the score is matched to alpha * grad_a Q (paper: 50)")
     T: int = doc(5, "number of diffusion (denoising) steps (paper: 5)")
