@@ -598,7 +598,8 @@ def plot_action_histograms(samples: Mapping[str, Mapping[int, Any]], *, xlabel: 
         color = algo_color(label, f"C{i}")
         for j, step in enumerate(steps):
             ax = axes[i, j]
-            if step not in per_step:
+            if step not in per_step:  # (a run without a snapshot at that step)
+                ax.text(0.5, 0.5, f"{label}, {step / 1000:g}k steps:\nnot saved", ha="center", va="center", fontsize=8, color="0.5", transform=ax.transAxes)
                 ax.axis("off")
                 continue
             a = _np(per_step[step]).reshape(-1)

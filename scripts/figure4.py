@@ -53,6 +53,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--holds", default="1,50", help="how many first actions are forced before the policy acts (one column pair each)")
     p.add_argument("--episodes", type=int, default=5)
+    p.add_argument("--plot-only", action="store_true", help="redraw the figure from fresh samples (seconds); leave the CSV as it is")
     args = p.parse_args()
     torch.set_num_threads(1)
     env = envs.make(ENV)
@@ -69,23 +70,25 @@ def main() -> None:
             actions = agent.sample_actions(obs0, args.samples).numpy().reshape(-1)
             shares = action_shares(actions)
             row = {"policy": label, "step": step, **shares, "mean_action": float(actions.mean())}
-            for hold in (int(h) for h in args.holds.split(",")):
+            for hold in () if args.plot_only else (int(h) for h in args.holds.split(",")):
                 forced = forced_first_action_returns(agent, env, [-1.0, 1.0], range(args.episodes), hold=hold)
                 row[f"return_left_first_{hold}"] = float(np.mean(forced[-1.0]))
                 row[f"return_right_first_{hold}"] = float(np.mean(forced[1.0]))
             print(row, flush=True)
             rows.append(row)
             hists[(label, step)] = actions
-    out = ROOT / "benchmarks" / "results" / "figure4_cartpole_swingup.csv"
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    if not args.plot_only:
+        out = ROOT / "benchmarks" / "results" / "figure4_cartpole_swingup.csv"
+        with open(out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+        print("wrote", out)
     samples = {LABELS[label]: {step: a for (lab, step), a in hists.items() if lab == label} for label in LABELS if any(k[0] == label for k in hists)}
     fig = viz.plot_action_histograms(samples, xlabel="action at the first state (cart force)",
                                      title=f"dmc/cartpole-swingup: {args.samples} policy samples at reset(seed=0)")
     viz.save_figure(fig, "figure4_cartpole_swingup", ROOT / "figures")
-    print("wrote", out)
+    print("wrote figures/figure4_cartpole_swingup.png")
 
 
 if __name__ == "__main__":

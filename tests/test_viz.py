@@ -177,6 +177,15 @@ def test_each_algorithm_has_one_colour_in_every_figure():
     assert [_rgb(ax.collections[0].get_facecolor()[0]) for ax in data_axes(fig)] == [(0, 0, 0), _rgb(viz.GAUSSIAN_COLOR)]
 
 
+def test_action_histograms_mark_the_steps_a_run_has_no_samples_for():
+    """A run with fewer snapshots than another gets a labelled empty panel, not a silent gap."""
+    rng = np.random.default_rng(0)
+    fig = viz.plot_action_histograms({"QSM": {1000: rng.uniform(-1, 1, 50), 2000: rng.uniform(-1, 1, 50)},
+                                      "SAC": {2000: rng.uniform(-1, 1, 50)}})
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts == ["SAC, 1k steps:\nnot saved"]
+
+
 def _all_figures(bandit_fields):
     env, grid, fine, grad_q, score = bandit_fields
     steps = np.arange(0, 1000, 100)
