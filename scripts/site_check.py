@@ -122,9 +122,10 @@ def check_solutions(driver, base: str, site: Path, out: Path) -> None:
         return
     url = f"{base}/{pages[0].relative_to(site).as_posix()}"
     driver.get(url)
-    folds = driver.find_elements(By.CSS_SELECTOR, "details.qsm-solution")
-    if not folds:
-        raise BrowserTestFailure(f"{url}: no folded solution (details.qsm-solution)")
+    # Poll: one CI run found the page's static <details> missing right after get() returned (the
+    # previous page still current), and found them on every rerun.
+    folds = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "details.qsm-solution"), 30,
+                     f"a folded solution (details.qsm-solution) on {url}")  # fmt: skip
     opened = [f for f in folds if f.get_attribute("open") is not None]
     if opened:
         raise BrowserTestFailure(f"{url}: {len(opened)} of {len(folds)} solutions are open on arrival")
