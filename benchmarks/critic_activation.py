@@ -45,21 +45,15 @@ def measure(variant: str) -> dict:
 
     plain_mlp = nets.mlp
     nets.mlp = lambda sizes, activation: plain_mlp(sizes, VARIANTS[variant] if activation is nn.ReLU else activation)
-    from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig, draw_update_noise
-    from qsm_tutorial.algos.seeds import QSMSeeds
-    from throughput import ACT, OBS, fixed_batch, interleaved
+    from qsm_tutorial.algos.qsm import QSMConfig
+    from throughput import interleaved, seed_updates
 
     result = {"variant": variant}
     for width in (64, 512):
         cfg = QSMConfig(actor_hidden=(width, width), critic_hidden=(width, width), compile="on")
-        torch.manual_seed(0)
-        one = QSMAgent(OBS, ACT, cfg)
-        batches = [fixed_batch(torch.device("cpu"), seed=k) for k in range(4)]
-        noises = [draw_update_noise(cfg, cfg.T, b) for b in batches]
-        contestants = {"S1": (lambda: one.update(batches[0], noises[0]), 10 if width == 64 else 2)}
-        if width == 64:
-            seeds = QSMSeeds([QSMAgent(OBS, ACT, cfg) for _ in range(4)])
-            contestants["S4"] = (lambda: seeds.update(batches, noises), 10)
+        one_seed, four_seeds = seed_updates(cfg, torch.device("cpu"))
+        # four seeds only at 64-wide (the target's case); 512-wide is the long runs' one-seed update
+        contestants = {"S1": (one_seed, 10), "S4": (four_seeds, 10)} if width == 64 else {"S1": (one_seed, 2)}
         for fn, _ in contestants.values():  # compile outside the timing
             fn()
         times = interleaved(contestants, 7, lambda: None)

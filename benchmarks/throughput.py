@@ -296,6 +296,16 @@ def section_loop(device, rounds: int, warmup: int, log_every: int, windows: int,
     }
 
 
+def seed_updates(cfg: QSMConfig, device) -> tuple:
+    """Two contestants: one ``QSMAgent``'s update, and one update of four seeds as a ``QSMSeeds``,
+    each on fixed minibatches (seed k's is ``fixed_batch(seed=k)``) and fixed draws."""
+    torch.manual_seed(0)
+    one, seeds = QSMAgent(OBS, ACT, cfg), QSMSeeds([QSMAgent(OBS, ACT, cfg) for _ in range(4)])
+    batches = [fixed_batch(device, seed=k) for k in range(4)]
+    noises = [draw_update_noise(cfg, cfg.T, b) for b in batches]
+    return (lambda: one.update(batches[0], noises[0])), (lambda: seeds.update(batches, noises))
+
+
 def section_multiseed(device, reps: int, compiled_64: bool, loop_steps: int) -> dict:
     """4 seeds as one ``QSMSeeds`` update against one ``QSMAgent`` update, interleaved; the whole loop
     of 4 seeds (``train_seeds``) against 1."""
@@ -304,15 +314,11 @@ def section_multiseed(device, reps: int, compiled_64: bool, loop_steps: int) -> 
     cases = [("paper_512", (512, 512), "off"), ("small_64", (64, 64), "off")] + [("small_64_compiled", (64, 64), "on")] * compiled_64
     for label, hidden, setting in cases:
         cfg = QSMConfig(device=str(device), actor_hidden=hidden, critic_hidden=hidden, compile=setting)
-        torch.manual_seed(0)
-        one, seeds = QSMAgent(OBS, ACT, cfg), QSMSeeds([QSMAgent(OBS, ACT, cfg) for _ in range(4)])
-        batches = [fixed_batch(device, seed=k) for k in range(4)]
-        noises = [draw_update_noise(cfg, cfg.T, b) for b in batches]
+        one_seed, four_seeds = seed_updates(cfg, device)
         if setting == "on":  # compile both outside the timing (interleaved's warm-up call would, too)
-            out[f"{label}_compile_s"] = {"S1": first_update_s(lambda: one.update(batches[0], noises[0]), sync),
-                                         "S4": first_update_s(lambda: seeds.update(batches, noises), sync)}  # fmt: skip
+            out[f"{label}_compile_s"] = {"S1": first_update_s(one_seed, sync), "S4": first_update_s(four_seeds, sync)}
         n = 1 if label == "paper_512" else 5
-        t = interleaved({"S1": (lambda: one.update(batches[0], noises[0]), n), "S4": (lambda: seeds.update(batches, noises), n)}, reps, sync)
+        t = interleaved({"S1": (one_seed, n), "S4": (four_seeds, n)}, reps, sync)
         out[f"update_{label}_s_per_update"] = {"S1": t["S1"]["wall"], "S4": t["S4"]["wall"]}
         out[f"update_{label}_speedup"] = 4 * t["S1"]["wall"] / t["S4"]["wall"]
         out[f"update_{label}_speedup_cpu_time"] = 4 * t["S1"]["cpu"] / t["S4"]["cpu"]

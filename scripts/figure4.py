@@ -70,13 +70,16 @@ def main() -> None:
             actions = agent.sample_actions(obs0, args.samples).numpy().reshape(-1)
             shares = action_shares(actions)
             row = {"policy": label, "step": step, **shares, "mean_action": float(actions.mean())}
-            for hold in () if args.plot_only else (int(h) for h in args.holds.split(",")):
+            for hold in [] if args.plot_only else [int(h) for h in args.holds.split(",")]:  # forced rollouts: the slow part
                 forced = forced_first_action_returns(agent, env, [-1.0, 1.0], range(args.episodes), hold=hold)
                 row[f"return_left_first_{hold}"] = float(np.mean(forced[-1.0]))
                 row[f"return_right_first_{hold}"] = float(np.mean(forced[1.0]))
             print(row, flush=True)
             rows.append(row)
             hists[(label, step)] = actions
+    if not rows:
+        sys.exit(f"figure4: no run of {', '.join(LABELS)} under {Path(args.runs_root) / ENV} (<algo>/seed0/config.json); "
+                 "pass --runs-root, the folder the showcase runs were written to")
     if not args.plot_only:
         out = ROOT / "benchmarks" / "results" / "figure4_cartpole_swingup.csv"
         with open(out, "w", newline="") as f:
