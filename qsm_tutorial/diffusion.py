@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .nets import Mish, mlp, xavier_init_
 
@@ -123,6 +124,7 @@ class Denoiser(nn.Module):
 
     t → Fourier features (32 frequencies → 64) → 128 → Mish → 128; then
     [a_t, s, time features] → hidden → Mish → hidden → Mish → |A| (linear output, no layer norm).
+    ``n_levels`` (the diffusion's T, when known) lets ``forward`` embed each level once.
     """
 
     def __init__(
@@ -132,9 +134,10 @@ class Denoiser(nn.Module):
         hidden: tuple[int, ...] = (512, 512),
         time_hidden: int = 128,
         n_frequencies: int = 32,
+        n_levels: int | None = None,
     ):
         super().__init__()
-        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.obs_dim, self.act_dim, self.n_levels = obs_dim, act_dim, n_levels
         self.time_features = FourierTimeFeatures(n_frequencies)
         self.time_mlp = mlp([2 * n_frequencies, time_hidden, time_hidden], Mish)
         self.net = mlp([act_dim + obs_dim + time_hidden, *hidden, act_dim], Mish)
@@ -142,8 +145,13 @@ class Denoiser(nn.Module):
         xavier_init_(self.net)
 
     def forward(self, obs: Tensor, a_t: Tensor, t: Tensor) -> Tensor:
-        time = self.time_mlp(self.time_features(t))
-        return self.net(torch.cat([a_t, obs, time], dim=-1))
+        """ε for each row: ``net`` on [a_t, s, time features of t], its first layer split by columns.
+        The time columns and the bias are a per-level bias, computed once per level when
+        ``n_levels`` is known (T rows of products instead of one per row; docs/performance.md)."""
+        levels, rows = (t, slice(None)) if self.n_levels is None else (torch.arange(self.n_levels, device=t.device), t)
+        first, n_in = self.net[0], self.act_dim + self.obs_dim
+        level_bias = F.linear(self.time_mlp(self.time_features(levels)), first.weight[:, n_in:], first.bias)
+        return self.net[1:](F.linear(torch.cat([a_t, obs], dim=-1), first.weight[:, :n_in]) + level_bias[rows])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -72,8 +72,8 @@ def assert_measured(result: dict, keys) -> None:
 
 
 EAGER_KEYS = ("gemm_gflops", "compute_bound_update_per_s", "qsm_update_per_s_eager", "sac_update_per_s", "td3_update_per_s",
-              "multiseed_speedup", "multiseed_speedup_64", "multiseed_loop_speedup_64")  # fmt: skip
-COMPILED_KEYS = ("qsm_update_per_s", "qsm_compile_s", "ratio_default_over_eager", "ratio_default_over_compute_bound")
+              "multiseed_speedup", "multiseed_speedup_64_eager", "multiseed_loop_speedup_64")  # fmt: skip
+COMPILED_KEYS = ("qsm_update_per_s", "qsm_compile_s", "ratio_default_over_eager", "ratio_default_over_compute_bound", "multiseed_speedup_64")
 LOOP_KEYS = ("loop_steps_per_s", "ratio_loop_over_update")
 
 

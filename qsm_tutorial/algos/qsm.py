@@ -279,7 +279,16 @@ def compiled(loss_fn, device: torch.device):
     GPU's time goes at these network sizes."""
     # torch's compiler imports its deprecated jit helpers and warns several times: not ours to fix
     warnings.filterwarnings("ignore", message="`torch.jit.script_method` is deprecated", category=DeprecationWarning)
-    return torch.compile(loss_fn, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
+    loss_fn = torch.compile(loss_fn, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
+
+    def call(*args):
+        # Compiling happens inside the first call. Let the backward recompute cheap pointwise values
+        # (a ReLU's mask) rather than save them: on a CPU Inductor stores bool masks slowly, which
+        # cost vmapped seeds a third of their update (docs/performance.md).
+        with torch._functorch.config.patch(aggressive_recomputation=True):
+            return loss_fn(*args)
+
+    return call
 
 
 def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -307,7 +316,7 @@ class QSMAgent(Checkpointable):
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.device = resolve_device(cfg.device)
         self.schedule = NoiseSchedule.from_name(cfg.schedule, cfg.T).to(self.device)
-        self.actor = Denoiser(obs_dim, act_dim, cfg.actor_hidden).to(self.device)
+        self.actor = Denoiser(obs_dim, act_dim, cfg.actor_hidden, n_levels=cfg.T).to(self.device)
         self.critic = TwinCritic(obs_dim, act_dim, cfg.critic_hidden).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_opt = adam(self.actor.parameters(), cfg.actor_lr, self.device)
