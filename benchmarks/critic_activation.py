@@ -1,6 +1,7 @@
 """A/B of the critic's ReLU under ``torch.compile``: one seed at 64 and 512 wide against four vmapped
 64-wide seeds (``QSMSeeds``), for ``nn.ReLU`` (the package) and two forms of the same function that
-change what Inductor keeps for the backward (a bool mask for ``nn.ReLU``).
+change what Inductor keeps for the backward (``nn.ReLU`` kept a bool mask until ``qsm.compiled`` had the
+partitioner recompute it).
 
     python benchmarks/critic_activation.py            # all three, each in a fresh process
     python benchmarks/critic_activation.py halfabs    # one

@@ -146,12 +146,13 @@ class Denoiser(nn.Module):
 
     def forward(self, obs: Tensor, a_t: Tensor, t: Tensor) -> Tensor:
         """ε for each row: ``net`` on [a_t, s, time features of t], its first layer split by columns.
-        The time columns and the bias are a per-level bias, computed once per level when
-        ``n_levels`` is known (T rows of products instead of one per row; docs/performance.md)."""
-        levels, rows = (t, slice(None)) if self.n_levels is None else (torch.arange(self.n_levels, device=t.device), t)
+        The time columns (with the bias) give a bias that depends on the level only, so with
+        ``n_levels`` each level's is computed once: T rows of products instead of one per row."""
         first, n_in = self.net[0], self.act_dim + self.obs_dim
+        levels, rows = (t, slice(None)) if self.n_levels is None else (torch.arange(self.n_levels, device=t.device), t)
         level_bias = F.linear(self.time_mlp(self.time_features(levels)), first.weight[:, n_in:], first.bias)
-        return self.net[1:](F.linear(torch.cat([a_t, obs], dim=-1), first.weight[:, :n_in]) + level_bias[rows])
+        hidden = F.linear(torch.cat([a_t, obs], dim=-1), first.weight[:, :n_in]) + level_bias[rows]
+        return self.net[1:](hidden)
 
 
 # ----------------------------------------------------------------------------------------------
