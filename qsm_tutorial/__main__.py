@@ -5,14 +5,30 @@ while they load ends in one line instead of Python's traceback of the import mac
 """
 
 import importlib
+import signal
 import sys
 
 
 def start(module: str) -> int:
-    """Import ``module`` and run its ``main()``; exit status 130 if interrupted while importing."""
+    """Import ``module`` and run its ``main()``; exit status 130 if interrupted while importing.
+
+    The interrupt is also remembered by our own SIGINT handler, so a library that swallows the
+    KeyboardInterrupt while it loads (C extensions can clear the error) cannot turn a Ctrl-C into a
+    full training run."""
+    interrupts = []
+
+    def remember_and_raise(signum, frame):
+        interrupts.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, remember_and_raise)
     try:
         main = importlib.import_module(module).main
     except KeyboardInterrupt:
+        interrupts.append(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupts:
         print("interrupted while starting, before anything was written", file=sys.stderr)
         return 130
     return main()

@@ -526,7 +526,8 @@ def test_c13_ctrl_c_while_qsm_train_starts_is_one_line(tmp_path):
     import signal
 
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "qsm-train"), *TD3, "--run-dir", str(run_dir), *TINY_FLAGS],
+    # a short run, so that a Ctrl-C that got lost fails the assertions below instead of timing out
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "qsm-train"), *TD3, "--run-dir", str(run_dir), *TINY_FLAGS, "--total-steps", "2000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
@@ -534,6 +535,20 @@ def test_c13_ctrl_c_while_qsm_train_starts_is_one_line(tmp_path):
     assert proc.returncode == 130 and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("interrupted while starting") or err.startswith("interrupted before training began"), err
     assert not run_dir.exists()
+
+
+def test_c13_ctrl_c_swallowed_by_a_library_while_loading_still_stops(tmp_path, monkeypatch, capsys):
+    """A module that catches the KeyboardInterrupt of a Ctrl-C while it loads (as a C extension that
+    clears the error can): the command still stops with the one line, and its main() never runs."""
+    (tmp_path / "swallows_ctrl_c.py").write_text(
+        "import os, signal, time\n"
+        "try:\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(0.2)\nexcept KeyboardInterrupt:\n    pass\n"
+        "def main():\n    raise AssertionError('main() ran after a Ctrl-C')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from qsm_tutorial.__main__ import start
+
+    assert start("swallows_ctrl_c") == 130
+    assert capsys.readouterr().err == "interrupted while starting, before anything was written\n"
 
 
 def test_c13_ctrl_c_before_training_says_whether_a_checkpoint_can_be_resumed(capsys, monkeypatch, finished):
