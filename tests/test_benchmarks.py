@@ -91,8 +91,8 @@ def test_throughput_benchmark_reports_its_eager_figures():
 
 @pytest.mark.slow
 def test_throughput_benchmark_reports_every_figure():
-    """The same with the compiled update and the training loop (about a minute on 2 busy cores, more
-    when they are loaded)."""
+    """The same with the compiled update, the training loop and the compiled seeds (one to two minutes
+    on 2 busy cores, more when they are loaded)."""
     result, table = run_benchmark("--skip", "memory", timeout=1200)
     assert_measured(result, EAGER_KEYS + COMPILED_KEYS + LOOP_KEYS)
     assert "compiled / eager" in table and "loop / update alone" in table
