@@ -279,7 +279,10 @@ def compiled(loss_fn, device: torch.device):
     GPU's time goes at these network sizes."""
     # torch's compiler imports its deprecated jit helpers and warns several times: not ours to fix
     warnings.filterwarnings("ignore", message="`torch.jit.script_method` is deprecated", category=DeprecationWarning)
-    loss_fn = torch.compile(loss_fn, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
+    if device.type == "cuda":
+        loss_fn = torch.compile(loss_fn, dynamic=False, mode="reduce-overhead")
+    else:  # C++ instead of Python between the kernels (forward and backward): ~5 % of an update here
+        loss_fn = torch.compile(loss_fn, dynamic=False, options={"cpp_wrapper": True})
 
     def call(*args):
         # Compiling happens inside the first call. Let the backward recompute cheap pointwise values
