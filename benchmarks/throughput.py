@@ -15,7 +15,7 @@ use a fixed minibatch of cheetah-run sizes (|S| = 17, |A| = 6, batch 256).
 - updates: the compute bound is the matrix multiplies of one QSM update at the paper's sizes
   (512×512, T = 5), listed from the layer shapes (``qsm_update_gemms``: forward and every product
   autograd needs) and timed back to back, the products of one shape on the same operands
-  (cache-hot): ``gemm_gflops``, and one update per that time is ``compute_bound_update_per_s``.
+  (cache-hot) and into the same output: ``gemm_gflops``, and one update per that time is ``compute_bound_update_per_s``.
   QSM runs compiled (``compile="on"``, the default path of long runs: ``qsm_update_per_s``; its
   first update, which compiles, is timed with an empty Inductor cache: ``qsm_compile_s``) and eager
   (``compile="off"``: ``qsm_update_per_s_eager``); SAC and TD3 at the paper's 256×256, and SAC at
