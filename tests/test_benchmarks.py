@@ -53,6 +53,17 @@ def test_gemm_count_is_what_an_update_runs(batch, hidden, T):
     assert throughput.flops(record.shapes.elements()) == throughput.flops(model)
 
 
+@pytest.mark.parametrize("warm", [True, False])
+def test_bound_writes_every_product_into_memory_allocated_once(warm):
+    """Fresh outputs on every pass made the bound time page faults, not products (docs/performance.md):
+    two passes must return the same output storage, product by product."""
+    run = throughput.gemm_runner(throughput.qsm_update_gemms(B=16, actor_hidden=(32, 32), critic_hidden=(32, 32)), torch.device("cpu"), warm)
+    first = run()
+    second = run()
+    assert len(first) == len(second) > 0
+    assert [o.data_ptr() for o in first] == [o.data_ptr() for o in second]
+
+
 def run_benchmark(*args: str, timeout: int):
     import json
     import subprocess
