@@ -64,6 +64,16 @@ def test_bound_writes_every_product_into_memory_allocated_once(warm):
     assert [o.data_ptr() for o in first] == [o.data_ptr() for o in second]
 
 
+def test_one_graph_benchmark_times_the_packages_update():
+    """``benchmarks/one_graph_update.py`` compares the package's compiled update with the same update
+    written functionally; its figures mean something only if that is the same update: one eager step
+    of each, from the same weights and draws, must leave every parameter equal (measured: 0.0)."""
+    _spec = importlib.util.spec_from_file_location("one_graph_update", Path(__file__).parents[1] / "benchmarks" / "one_graph_update.py")
+    one_graph = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(one_graph)
+    assert one_graph.agreement() <= 1e-6
+
+
 def run_benchmark(*args: str, timeout: int):
     import json
     import subprocess
