@@ -154,9 +154,11 @@ def measure(variant: str, reps: int = 7, n: int = 8) -> dict:
 
 
 def main() -> None:
+    from qsm_tutorial.algos.common import count_argument
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("variant", nargs="?", choices=(*VARIANTS, "eager"), help="measure one variant in this process")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of the three variants, each in a fresh process")
+    parser.add_argument("--rounds", type=count_argument, default=5, help="rounds of the three variants, each in a fresh process")
     parser.add_argument("--out", type=Path, help="write the rows and medians as JSON here")
     args = parser.parse_args()
     if args.variant:
