@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 import torch.optim.adam as functional_adam
-from torch.func import functional_call, grad_and_value
+from torch.func import grad_and_value
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
@@ -50,6 +50,7 @@ def one_graph_update(agent, fused: bool):
     """``agent.update`` as one function over its parameters (detached views: updated in place) and
     Adam moments kept here; returns (update(batch, noise) → [critic loss, Q mean, actor loss, ‖g‖])."""
     from qsm_tutorial.algos.qsm import qsm_actor_loss, qsm_critic_loss
+    from qsm_tutorial.algos.seeds import called_with
 
     cfg = agent.config
     params = {name: {k: v.detach() for k, v in getattr(agent, name).named_parameters()} for name in ("actor", "critic", "critic_target")}
@@ -57,7 +58,7 @@ def one_graph_update(agent, fused: bool):
                       "step": [torch.zeros(()) for _ in params[name]]} for name in ("actor", "critic")}  # fmt: skip
 
     def net(name: str, p: dict):
-        return lambda *args: functional_call(getattr(agent, name), p, args)
+        return called_with(getattr(agent, name), p)
 
     def adam(name: str, grads: dict, lr: float) -> None:
         m = moments[name]
