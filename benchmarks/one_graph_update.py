@@ -15,6 +15,7 @@ Polyak, actor gradient, Adam) is written functionally over the *same* loss funct
     python benchmarks/one_graph_update.py --rounds 1
     python benchmarks/one_graph_update.py one-graph  # one variant, in this process
     python benchmarks/one_graph_update.py eager      # both updates eager, interleaved in this process
+    python benchmarks/one_graph_update.py one-graph --profile   # and where its time goes (torch.profiler)
 
 Each process has an empty Inductor cache, one thread, the cheetah-run sizes and paper widths of
 ``throughput.py``, and times its update interleaved with the compute bound (``throughput.gemm_runner``,
@@ -120,11 +121,23 @@ def measure_eager(reps: int = 7, n: int = 4) -> dict:
     return {"variant": "eager", **{f"{k}_ms": round(t["wall"] * 1e3, 2) for k, t in times.items()}}
 
 
-def measure(variant: str, reps: int = 7, n: int = 8) -> dict:
+def profile_ms(update, n: int = 20, top: int = 16) -> dict[str, float]:
+    """ms per update of the ``top`` costliest operators and Inductor kernels (self time), over ``n`` updates."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            update()
+    rows = sorted(((e.self_cpu_time_total / n / 1e3, e.key) for e in prof.key_averages()), reverse=True)
+    return {"all": round(sum(ms for ms, _ in rows), 2), **{key: round(ms, 3) for ms, key in rows[:top]}}
+
+
+def measure(variant: str, reps: int = 7, n: int = 8, profile: bool = False) -> dict:
     from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig, draw_update_noise
     from throughput import ACT, OBS, fixed_batch, gemm_runner, interleaved, qsm_update_gemms
 
     torch._dynamo.config.recompile_limit = 64
+    torch._inductor.config.cpp.enable_kernel_profile = profile  # name each Inductor kernel in the profile
     result: dict = {"variant": variant}
     if variant != "package":
         result["max_abs_param_diff_vs_package_eager"] = agreement()
@@ -151,6 +164,8 @@ def measure(variant: str, reps: int = 7, n: int = 8) -> dict:
     from torch._dynamo.utils import counters
 
     result["graphs"] = counters["stats"]["unique_graphs"]
+    if profile:
+        result["profile_ms_per_update"] = profile_ms(update)
     return result
 
 
@@ -160,12 +175,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("variant", nargs="?", choices=(*VARIANTS, "eager"), help="measure one variant in this process")
     parser.add_argument("--rounds", type=count_argument, default=5, help="rounds of the three variants, each in a fresh process")
+    parser.add_argument("--profile", action="store_true", help="with a variant: also profile 20 of its updates")
     parser.add_argument("--out", type=Path, help="write the rows and medians as JSON here")
     args = parser.parse_args()
     if args.variant:
         torch.set_num_threads(1)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp()
-        print(json.dumps(measure_eager() if args.variant == "eager" else measure(args.variant)), flush=True)
+        print(json.dumps(measure_eager() if args.variant == "eager" else measure(args.variant, profile=args.profile), indent=1 if args.profile else None), flush=True)
         return
     rows = []
     for r in range(args.rounds):
