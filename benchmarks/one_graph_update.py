@@ -20,7 +20,7 @@ Polyak, actor gradient, Adam) is written functionally over the *same* loss funct
 Each process has an empty Inductor cache, one thread, the cheetah-run sizes and paper widths of
 ``throughput.py``, and times its update interleaved with the compute bound (``throughput.gemm_runner``,
 cache-hot) over 7 repetitions, so every ratio is against a bound measured beside it. A one-graph process
-first checks that one eager functional update matches the package's eager update from the same weights
+first checks that two eager functional updates match the package's eager update from the same weights
 and draws. The figures and their reading are in docs/performance.md; this is a measurement, not a path
 the package takes (eager, the functional update is slower than the package's).
 """
@@ -61,11 +61,12 @@ def one_graph_update(agent, fused: bool):
     def net(name: str, p: dict):
         return called_with(getattr(agent, name), p)
 
-    def adam(name: str, grads: dict, lr: float) -> None:
-        m = moments[name]
+    def adam(name: str, grads: dict) -> None:
+        m, h = moments[name], getattr(agent, f"{name}_opt").defaults  # the package's Adam settings
         functional_adam.adam(list(params[name].values()), list(grads.values()), m["m"], m["v"], [], m["step"],
                              fused=fused or None, foreach=None if fused else True, capturable=not fused, amsgrad=False,
-                             beta1=0.9, beta2=0.999, lr=lr, weight_decay=0.0, eps=1e-8, maximize=False)  # fmt: skip
+                             beta1=h["betas"][0], beta2=h["betas"][1], lr=h["lr"], weight_decay=h["weight_decay"], eps=h["eps"],
+                             maximize=False)  # fmt: skip
 
     def critic_objective(critic, batch, noise):
         return qsm_critic_loss(net("critic", critic), net("critic_target", params["critic_target"]), net("actor", params["actor"]),
@@ -76,17 +77,29 @@ def one_graph_update(agent, fused: bool):
 
     def update(batch, noise):
         grads, (critic_loss, q) = grad_and_value(critic_objective, has_aux=True)(params["critic"], batch, noise)
-        adam("critic", grads, cfg.critic_lr)
+        adam("critic", grads)
         torch._foreach_lerp_(list(params["critic_target"].values()), list(params["critic"].values()), cfg.tau)
         grads, (actor_loss, g) = grad_and_value(actor_objective, has_aux=True)(params["actor"], batch, noise)
-        adam("actor", grads, cfg.actor_lr)
+        adam("actor", grads)
         return torch.stack([critic_loss, q.mean(), actor_loss, g.norm(dim=-1).mean()])
 
     return update
 
 
+def runner(step, agent, batch):
+    """A call of ``step`` (``one_graph_update``'s, compiled or not) on ``batch`` with fresh draws."""
+    from qsm_tutorial.algos.qsm import draw_update_noise
+
+    def run():
+        noise = draw_update_noise(agent.config, agent.schedule.T, batch)
+        with torch.no_grad(), torch._functorch.config.patch(aggressive_recomputation=True):  # as qsm.compiled
+            return step(batch, noise).tolist()
+
+    return run
+
+
 def agreement() -> float:
-    """Largest |difference| of any parameter after one eager update, functional against the package's."""
+    """Largest |difference| of any parameter after two eager updates, functional against the package's."""
     from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig, draw_update_noise
     from throughput import ACT, OBS, fixed_batch
 
@@ -95,28 +108,25 @@ def agreement() -> float:
     for _ in range(2):
         torch.manual_seed(0)
         agents.append(QSMAgent(OBS, ACT, cfg))
-    noise = draw_update_noise(cfg, agents[0].schedule.T, batch)
-    agents[0].update(batch, noise)
-    with torch.no_grad():
-        one_graph_update(agents[1], fused=True)(batch, noise)
+    step = one_graph_update(agents[1], fused=True)
+    for _ in range(2):  # Adam's first step does not depend on its betas; the second does
+        noise = draw_update_noise(cfg, agents[0].schedule.T, batch)
+        agents[0].update(batch, noise)
+        with torch.no_grad():
+            step(batch, noise)
     return max((p - q).abs().max().item() for name in ("actor", "critic", "critic_target")
                for p, q in zip(getattr(agents[0], name).parameters(), getattr(agents[1], name).parameters()))  # fmt: skip
 
 
 def measure_eager(reps: int = 7, n: int = 4) -> dict:
     """ms per update of the package's eager update and the functional one, eager, interleaved."""
-    from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig, draw_update_noise
+    from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig
     from throughput import ACT, OBS, fixed_batch, interleaved
 
     batch, cfg = fixed_batch(torch.device("cpu")), QSMConfig(device="cpu", compile="off", actor_lr_decay_steps=0)
     torch.manual_seed(0)
     package, functional = QSMAgent(OBS, ACT, cfg), QSMAgent(OBS, ACT, cfg)
-    step = one_graph_update(functional, fused=True)
-
-    def functional_update():
-        with torch.no_grad():
-            return step(batch, draw_update_noise(cfg, functional.schedule.T, batch)).tolist()
-
+    functional_update = runner(one_graph_update(functional, fused=True), functional, batch)
     times = interleaved({"package": (lambda: package.update(batch), n), "functional": (functional_update, n)}, reps, lambda: None)
     return {"variant": "eager", **{f"{k}_ms": round(t["wall"] * 1e3, 2) for k, t in times.items()}}
 
@@ -133,7 +143,7 @@ def profile_ms(update, n: int = 20, top: int = 16) -> dict[str, float]:
 
 
 def measure(variant: str, reps: int = 7, n: int = 8, profile: bool = False) -> dict:
-    from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig, draw_update_noise
+    from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig
     from throughput import ACT, OBS, fixed_batch, gemm_runner, interleaved, qsm_update_gemms
 
     torch._dynamo.config.recompile_limit = 64
@@ -149,11 +159,7 @@ def measure(variant: str, reps: int = 7, n: int = 8, profile: bool = False) -> d
         update = lambda: agent.update(batch)  # noqa: E731
     else:
         step = torch.compile(one_graph_update(agent, fused=variant.endswith("fused")), dynamic=False, options={"cpp_wrapper": True})
-
-        def update():
-            noise = draw_update_noise(cfg, agent.schedule.T, batch)
-            with torch.no_grad(), torch._functorch.config.patch(aggressive_recomputation=True):  # as qsm.compiled
-                return step(batch, noise).tolist()
+        update = runner(step, agent, batch)
 
     start = time.perf_counter()
     update()

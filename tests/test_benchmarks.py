@@ -66,7 +66,7 @@ def test_bound_writes_every_product_into_memory_allocated_once(warm):
 
 def test_one_graph_benchmark_times_the_packages_update():
     """``benchmarks/one_graph_update.py`` compares the package's compiled update with the same update
-    written functionally; its figures mean something only if that is the same update: one eager step
+    written functionally; its figures mean something only if that is the same update: two eager steps
     of each, from the same weights and draws, must leave every parameter equal (measured: 0.0)."""
     _spec = importlib.util.spec_from_file_location("one_graph_update", Path(__file__).parents[1] / "benchmarks" / "one_graph_update.py")
     one_graph = importlib.util.module_from_spec(_spec)
