@@ -28,7 +28,8 @@ use a fixed minibatch of cheetah-run sizes (|S| = 17, |A| = 6, batch 256).
   512×512 and 64×64: speed-up = 4 × time(one agent's update) / time(4 seeds' update); ≥ 2 means
   four seeds take at most twice the time of one. And both compiled at 64×64, the long runs' path
   (``multiseed_speedup_64``; the eager one is ``multiseed_speedup_64_eager``).
-  And the whole loop, eager, at 64×64: ``loop.train_seeds`` of 4 seeds against 1 (env steps/s).
+  And the whole loop, eager, at 64×64: ``loop.train_seeds`` of 4 seeds against 1 (env steps/s;
+  ``--skip multiseed-loop`` leaves it out where dm_control is missing, as on the GPU machine).
 - memory: bytes of a 1M-transition cheetah-run replay buffer, and the RSS of a fresh process
   sampled every 0.25 s while ``train`` runs ``--memory-steps`` env steps (32×32 networks, a buffer
   of a quarter of the steps, full from the first quarter on): from then on nothing should grow.
@@ -331,6 +332,8 @@ def section_multiseed(device, reps: int, compiled_64: bool, loop_steps: int) -> 
         out[f"update_{label}_s_per_update"] = {"S1": t["S1"]["wall"], "S4": t["S4"]["wall"]}
         out[f"update_{label}_speedup"] = 4 * t["S1"]["wall"] / t["S4"]["wall"]
         out[f"update_{label}_speedup_cpu_time"] = 4 * t["S1"]["cpu"] / t["S4"]["cpu"]
+    if not loop_steps:  # --skip multiseed-loop (a machine without dm_control, say)
+        return {**out, "load_after": load()}
     # The whole loop (act, env step, store, update) at 64x64, eager: train_seeds of 4 seeds against 1, alternated.
     from qsm_tutorial.loop import train_seeds
 
@@ -432,8 +435,9 @@ def table(res: dict) -> str:
             c = ms["small_64_compiled_compile_s"]
             rows.append(("4 seeds, compiled: speed-up, 64", f"{ms['update_small_64_compiled_speedup']:.2f}×",
                          f"compiled in {c['S1']:.0f} s (one) and {c['S4']:.0f} s (four) (target ≥ 2)"))
-        rows.append(("4 seeds: whole loop speed-up, 64", f"{ms['loop_small_64_speedup']:.2f}×",
-                     f"eager; 1 seed {ms['loop_small_64_steps_per_s']['S1']:.0f}, 4 seeds {ms['loop_small_64_steps_per_s']['S4']:.0f} steps/s"))
+        if "loop_small_64_speedup" in ms:
+            rows.append(("4 seeds: whole loop speed-up, 64", f"{ms['loop_small_64_speedup']:.2f}×",
+                         f"eager; 1 seed {ms['loop_small_64_steps_per_s']['S1']:.0f}, 4 seeds {ms['loop_small_64_steps_per_s']['S4']:.0f} steps/s"))
     if mem:
         rows += [
             ("replay 1M cheetah-run", f"{mem['replay_1M_cheetah_mb']:.0f} MB", f"{mem['replay_bytes_per_transition']} B/transition (target < 250 MB)"),
@@ -459,7 +463,7 @@ def default_result_name(device: torch.device, threads: int) -> str:
     return f"throughput_cpu_{torch.backends.cpu.get_cpu_capability().lower()}{suffix}.json"
 
 
-SECTIONS = {"compile", "loop", "multiseed", "memory"}
+SECTIONS = {"compile", "loop", "multiseed", "multiseed-loop", "memory"}
 """What ``--skip`` can leave out (the updates section always runs; "compile" leaves out every compiled
 timing, and the loop then runs eagerly)."""
 
@@ -515,7 +519,7 @@ def main() -> int:
         if "multiseed" not in skip:
             log(f"[throughput] multiseed on {d}, load {load()}")
             res[f"multiseed{key}"] = with_steal(section_multiseed, d, reps, compiled_64=compiled,
-                                                loop_steps=100 if args.quick else 300)
+                                                loop_steps=0 if "multiseed-loop" in skip else 100 if args.quick else 300)
     if "memory" not in skip:
         log(f"[throughput] memory, load {load()}")
         import multiprocessing

@@ -110,6 +110,26 @@ def test_throughput_benchmark_reports_its_eager_figures():
     assert "QSM eager (compile=off)" in table and "4 seeds as one update" in table  # the table
 
 
+def test_throughput_benchmark_leaves_out_the_seeds_loop_where_asked():
+    """``--skip multiseed-loop`` (the GPU machine has no dm_control, benchmarks/gpu_check.sh): the
+    stacked seeds' updates are still measured, their whole-loop figure is not, and the table says nothing of it."""
+    result, table = run_benchmark("--skip", "compile,loop,memory,multiseed-loop", timeout=600)
+    assert_measured(result, [key for key in EAGER_KEYS if key != "multiseed_loop_speedup_64"])
+    assert result["multiseed_loop_speedup_64"] is None and "whole loop" not in table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_gpu_check_refuses_a_machine_without_a_gpu_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1 and done.stdout.strip().splitlines() == ["gpu_check: torch sees no CUDA GPU here; run this on the GPU machine"]
+
+
 @pytest.mark.slow
 def test_throughput_benchmark_reports_every_figure():
     """The same with the compiled update, the training loop and the compiled seeds (one to two minutes

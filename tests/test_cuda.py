@@ -38,8 +38,9 @@ def test_cuda_update_equals_the_cpu_update(compile):
 
 
 def test_auto_device_is_cuda_and_checkpoints_cross_devices(tmp_path):
-    run = qsm_tutorial.train("InvertedPendulum-v5", "qsm", total_steps=60, run_dir=tmp_path / "r", progress=False,
+    # A bandit needs no simulator: the GPU machine's image has no mujoco or dm_control (benchmarks/gpu_check.sh).
+    run = qsm_tutorial.train("bandit/four-gaussians", "qsm", total_steps=60, run_dir=tmp_path / "r", progress=False,
                              warmup_steps=30, batch_size=16, actor_hidden=(8, 8), critic_hidden=(8, 8), eval_episodes=1)  # fmt: skip
     assert run.agent.device.type == "cuda"
-    resumed = qsm_tutorial.train("InvertedPendulum-v5", "qsm", total_steps=80, run_dir=tmp_path / "r", resume=True, progress=False, device="cpu", force=True)
+    resumed = qsm_tutorial.train("bandit/four-gaussians", "qsm", total_steps=80, run_dir=tmp_path / "r", resume=True, progress=False, device="cpu", force=True)
     assert resumed.agent.device.type == "cpu" and resumed.step == 80
