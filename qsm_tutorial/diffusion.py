@@ -13,7 +13,7 @@ The network ε_θ predicts the noise; −ε_θ / √(1 − ᾱ_t) is the score �
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -31,14 +31,6 @@ class NoiseSchedule:
     """The β_t of a T-step diffusion, with α_t = 1 − β_t and ᾱ_t = ∏_{j≤t} α_j (t = 0 … T−1)."""
 
     betas: Tensor
-    reverse_constants: tuple[tuple[float, float, float], ...] = field(init=False, repr=False, compare=False)
-    """Per step t: β_t/√(1 − ᾱ_t), √α_t and √β_t as Python floats, computed once in float32 as
-    ``ddpm_step`` computes them (for samplers that should not read a tensor back at every call)."""
-
-    def __post_init__(self):
-        abar = torch.cumprod(1.0 - self.betas, dim=0)
-        columns = (self.betas / torch.sqrt(1 - abar), torch.sqrt(1.0 - self.betas), torch.sqrt(self.betas))
-        object.__setattr__(self, "reverse_constants", tuple(zip(*(c.tolist() for c in columns))))
 
     @property
     def T(self) -> int:
