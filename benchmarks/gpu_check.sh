@@ -19,6 +19,7 @@ WHEELS=(gymnasium farama-notifications)
 
 if [[ ${1:-} == wheels ]]; then
     # The versions this checkout's .venv tests with, built for the GPU machine's Python.
+    [[ -x .venv/bin/python ]] || { echo "gpu_check wheels: needs this checkout's .venv: run make install first"; exit 1; }
     versions=$(.venv/bin/python -c 'import importlib.metadata as m, sys; print(" ".join(f"{n}=={m.version(n)}" for n in sys.argv[1:]))' "${WHEELS[@]}") || exit 1
     rm -rf .whl
     .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version "${GPU_PYTHON:-3.12}" --implementation cp \
