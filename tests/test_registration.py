@@ -75,3 +75,17 @@ importlib.reload(envs)
 assert gymnasium.make("bandit/ring").action_space.shape == (2,)
 """
     subprocess.run([sys.executable, "-W", "error", "-c", code], check=True)
+
+
+def test_a_module_qualified_id_needs_no_import_of_ours():
+    # A fresh interpreter that imported nothing of the package: Gymnasium imports the module named
+    # before the colon, which registers the ids (the README's spelling for a bare `import qsm_tutorial`).
+    code = """
+import sys
+import gymnasium
+import qsm_tutorial
+assert "qsm_tutorial.envs" not in sys.modules
+env = gymnasium.make("qsm_tutorial.envs:bandit/ring")
+assert env.unwrapped.spec.id == "bandit/ring" and env.action_space.shape == (2,)
+"""
+    subprocess.run([sys.executable, "-W", "error", "-c", code], check=True)

@@ -19,6 +19,9 @@ builds, inside Gymnasium's usual checker and order wrappers; keyword arguments p
 (``gymnasium.make("gridworld/two-routes", slip=0.2)``). Gymnasium's own ids (``HalfCheetah-v5``)
 keep Gymnasium's meaning there: the raw env, without this package's wrapper stack. The entry point
 is :func:`make` itself, so nothing heavy (dm_control) is imported until a control env is built.
+``import qsm_tutorial`` alone does not import this module (the command line starts before torch);
+Gymnasium's module-qualified spelling, ``gymnasium.make("qsm_tutorial.envs:bandit/four-gaussians")``,
+imports it first.
 """
 
 from __future__ import annotations
