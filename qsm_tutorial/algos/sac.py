@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..nets import TwinCritic, mlp, xavier_init_
 from ..replay import Batch
-from .common import Checkpointable, apply_preset, check_config, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
+from .common import BASELINE_PRESETS, Checkpointable, apply_preset, check_config, critic_loss, critic_target, doc, frozen, polyak_update, resolve_device
 
 # The clip range of log σ in the authors' Gaussian head (jaxrl5's Normal: -20, 2).
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -64,23 +64,8 @@ class SACConfig:
         return apply_preset(cls, PRESETS, name, "SAC", overrides)
 
 
-# Deviations from the paper, by purpose. "paper" is the faithful setting.
-PRESETS: dict[str, dict] = {
-    "paper": {},
-    # Control tasks: the paper's baseline settings as they are (they learn InvertedPendulum-v5 and
-    # dmc/cartpole-balance within the budgets of benchmarks/learning.py).
-    "control": {},
-    # Toy bandits: the same short warm-up, buffer and network sizes as QSM's bandit preset, so the
-    # three algorithms compare on equal terms (a 10k warm-up would exceed a bandit's whole budget).
-    "bandit": dict(
-        actor_hidden=(128, 128),
-        critic_hidden=(128, 128),
-        actor_lr=1e-3,
-        critic_lr=1e-3,
-        warmup_steps=256,
-        buffer_size=100_000,
-    ),
-}
+# Deviations from the paper: the two baselines share theirs (``common.BASELINE_PRESETS``).
+PRESETS: dict[str, dict] = BASELINE_PRESETS
 
 
 # ----------------------------------------------------------------------------------------------
