@@ -78,8 +78,8 @@ assert gymnasium.make("bandit/ring").action_space.shape == (2,)
 
 
 def test_a_module_qualified_id_needs_no_import_of_ours():
-    # A fresh interpreter that imported nothing of the package: Gymnasium imports the module named
-    # before the colon, which registers the ids (the README's spelling for a bare `import qsm_tutorial`).
+    # A fresh interpreter with only a bare `import qsm_tutorial`, which registers nothing: Gymnasium
+    # imports the module named before the colon, and that registers the ids (the README's spelling).
     code = """
 import sys
 import gymnasium
