@@ -484,7 +484,7 @@ def default_result_name(device: torch.device, threads: int) -> str:
 
 SECTIONS = {"compile", "loop", "multiseed", "multiseed-loop", "memory"}
 """What ``--skip`` can leave out (the updates section always runs; "compile" leaves out every compiled
-timing, and the loop then runs eagerly)."""
+timing, and the loop then runs eagerly; "multiseed-loop" only the stacked seeds' whole-loop timing)."""
 
 HEADLINE = ("gemm_gflops", "compute_bound_update_per_s", "qsm_update_per_s", "qsm_update_per_s_eager", "qsm_compile_s",
             "sac_update_per_s", "td3_update_per_s", "loop_steps_per_s", "multiseed_speedup", "multiseed_speedup_64", "multiseed_speedup_64_eager",
