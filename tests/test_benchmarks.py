@@ -13,9 +13,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from qsm_tutorial.algos.qsm import QSMAgent, QSMConfig
 
-_spec = importlib.util.spec_from_file_location("throughput", Path(__file__).parents[1] / "benchmarks" / "throughput.py")
-throughput = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(throughput)
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+throughput = load_benchmark("throughput")
 
 aten = torch.ops.aten
 
@@ -68,10 +75,7 @@ def test_one_graph_benchmark_times_the_packages_update():
     """``benchmarks/one_graph_update.py`` compares the package's compiled update with the same update
     written functionally; its figures mean something only if that is the same update: two eager steps
     of each, from the same weights and draws, must leave every parameter equal (measured: 0.0)."""
-    _spec = importlib.util.spec_from_file_location("one_graph_update", Path(__file__).parents[1] / "benchmarks" / "one_graph_update.py")
-    one_graph = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(one_graph)
-    assert one_graph.agreement() <= 1e-6
+    assert load_benchmark("one_graph_update").agreement() <= 1e-6
 
 
 def run_benchmark(*args: str, timeout: int):
